@@ -1,0 +1,52 @@
+"""Token-level transformer LM: the baseline every concept model is compared to.
+
+Byte tokens by default. Train, evaluate and sample:
+
+  python -m latentlm.train --config=configs/token_lm.py:size=tiny --workdir=/tmp/tok
+  python -m latentlm.evaluate --workdir=/tmp/tok
+  python -m latentlm.generate --workdir=/tmp/tok --prompt='ROMEO.'
+
+Sizes: tiny (~0.8M params, a few minutes on 2 CPU cores), small (~20M params,
+the MFU benchmark size), and base (~85M, for accelerators).
+"""
+
+from latentlm import config_lib
+
+SIZES = {
+    'tiny': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=384),
+    'small': dict(d_model=512, num_layers=6, num_heads=8, mlp_dim=1536),
+    'base': dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=2048),
+}
+
+
+def transformer_config(size: str, vocab_size: int, max_len: int):
+  """The shared backbone fields (latentlm.models.transformer)."""
+  c = config_lib.ConfigDict(SIZES[config_lib.choose('size', size, SIZES)])
+  c.num_kv_heads = c.num_heads
+  c.head_dim = c.d_model // c.num_heads
+  c.vocab_size = vocab_size
+  c.max_len = max_len
+  c.rope_base = 10000.0
+  c.norm_eps = 1e-6
+  c.scan_layers = True
+  c.remat_policy = 'none'  # none | full | dots
+  c.dtype = 'float32'  # compute dtype; params stay float32
+  c.tie_embeddings = False
+  return c
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, size='tiny')
+  c = config_lib.base_config()
+  c.task = 'token_lm'
+  c.data.seq_len = 256
+  c.model = transformer_config(args.size, vocab_size=259,
+                               max_len=c.data.seq_len)
+  c.train.num_steps = 600
+  c.train.batch_size = 32
+  c.train.log_every = 25
+  c.train.eval_every = 200
+  c.train.checkpoint_every = 200
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.warmup_steps = 50
+  return c

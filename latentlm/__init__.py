@@ -1,0 +1,1 @@
+"""latentlm: language models over continuous concept vectors, in JAX."""

@@ -1,0 +1,119 @@
+"""Config helpers shared by configs/*.py: typed `FILE.py:a=1,b=x` arguments."""
+
+import difflib
+import types
+
+import ml_collections
+from ml_collections import ConfigDict
+
+from latentlm.errors import UserError
+
+
+def _coerce(value: str, default):
+  """Parses `value` to the type of `default`."""
+  if isinstance(default, bool):
+    lowered = value.lower()
+    if lowered in ('1', 'true', 'yes'):
+      return True
+    if lowered in ('0', 'false', 'no'):
+      return False
+    raise ValueError(f'expected a boolean, got {value!r}')
+  if isinstance(default, int):
+    return int(value)
+  if isinstance(default, float):
+    return float(value)
+  return value
+
+
+def parse_args(arg: str | None, **defaults) -> types.SimpleNamespace:
+  """Parses 'a=1,b=x' into a namespace typed like `defaults`.
+
+  Unknown names fail with a message that suggests the nearest known one.
+  """
+  values = dict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    name, sep, value = item.partition('=')
+    name = name.strip()
+    if not sep:
+      raise UserError(f'config argument {item!r} is not of the form name=value')
+    if name not in defaults:
+      raise UserError(f'unknown config argument {name!r}{suggest(name, defaults)}')
+    try:
+      values[name] = _coerce(value.strip(), defaults[name])
+    except ValueError as e:
+      raise UserError(f'config argument {name}: {e}') from None
+  return types.SimpleNamespace(**values)
+
+
+def suggest(name: str, candidates) -> str:
+  """'; did you mean X?' for the closest candidate, or ''."""
+  close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+  return f'; did you mean {close[0]!r}?' if close else ''
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = ''):
+  """All dotted leaf keys of a config."""
+  for key, value in config.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flat_keys(value, path + '.')
+    else:
+      yield path
+
+
+def choose(name: str, value: str, options) -> str:
+  """Checks that `value` is one of `options`, with a one-line error if not."""
+  if value not in options:
+    raise UserError(f'{name}={value!r} is not one of {sorted(options)}'
+                    f'{suggest(value, options)}')
+  return value
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every task shares; configs/*.py fill in `task` and `model`."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = ''
+  c.model = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'shakespeare'  # 'shakespeare', 'files', or a TFDS catalog name
+  c.data.files = ''  # glob of UTF-8 text files, with name='files'
+  c.data.text_key = 'text'  # feature holding the text in TFDS catalog datasets
+  c.data.data_dir = ''  # TFDS data dir; '' = ~/.cache/latentlm/tfds
+  c.data.tokenizer = 'bytes'
+  c.data.seq_len = 256  # model positions per example (tokens or concepts)
+  c.data.worker_count = 0  # grain worker processes; 0 = in-process
+  c.data.eval_split = 'validation'
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.batch_size = 32
+  c.train.grad_accum_steps = 1
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 500
+  c.train.max_to_keep = 3
+  c.train.progress_bar = True
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.warmup_steps = 100
+  c.optimizer.min_lr_ratio = 0.1
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip = 1.0
+
+  # Mesh axis sizes; -1 takes the devices the other axes leave.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis name -> mesh axes, as 'name=axis+axis' strings (first match
+  # wins); '' leaves a name unsharded. Data, so a fork changes strategy here.
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.rules = (
+      'batch=data+fsdp', 'embed=fsdp', 'mlp=tensor', 'heads=tensor',
+      'kv_heads=tensor', 'vocab=tensor', 'latent=', 'layers=', 'seq=',
+      'act_embed=', 'head_dim=', 'chunk=')
+  return c
