@@ -6,13 +6,14 @@ Byte tokens by default. Train, evaluate and sample:
   python -m latentlm.evaluate --workdir=/tmp/tok
   python -m latentlm.generate --workdir=/tmp/tok --prompt='ROMEO.'
 
-Sizes: tiny (~0.8M params, a few minutes on 2 CPU cores), small (~20M params,
+Sizes: nano (tests and smoke runs), tiny (~0.8M params, a few minutes on 2 CPU cores), small (~20M params,
 the MFU benchmark size), and base (~85M, for accelerators).
 """
 
 from latentlm import config_lib
 
 SIZES = {
+    'nano': dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64),
     'tiny': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=384),
     'small': dict(d_model=512, num_layers=6, num_heads=8, mlp_dim=1536),
     'base': dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=2048),

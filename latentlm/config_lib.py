@@ -1,6 +1,7 @@
 """Config helpers shared by configs/*.py: typed `FILE.py:a=1,b=x` arguments."""
 
 import difflib
+import importlib.util
 import types
 
 import ml_collections
@@ -100,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-3
   c.optimizer.warmup_steps = 100
+  c.optimizer.decay_steps = 0  # cosine length; 0 = train.num_steps
   c.optimizer.min_lr_ratio = 0.1
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.95
@@ -117,3 +119,16 @@ def base_config() -> ml_collections.ConfigDict:
       'kv_heads=tensor', 'vocab=tensor', 'latent=', 'layers=', 'seq=',
       'act_embed=', 'head_dim=', 'chunk=')
   return c
+
+
+def load_config_file(argv) -> ml_collections.ConfigDict | None:
+  """The config named by --config=FILE[:ARGS] in argv, without overrides."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
+              None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_latentlm_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -1,0 +1,76 @@
+"""Orbax checkpoints of the train state together with the data iterator state."""
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from latentlm.errors import UserError
+
+
+class Checkpointer:
+  """Async, preemption-aware checkpoints of (state, data iterator).
+
+  Orbax writes each step into a temporary directory and renames it when the
+  write is complete, so a killed process never leaves a step that looks whole.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int, save_every: int):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, save_interval_steps=max(save_every, 1),
+        create=True, enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    """True on save-interval steps and when the job is being preempted."""
+    return self.manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def save(self, step: int, state, data_iterator, force: bool = False):
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator)),
+        force=force)
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    """Restores into `abstract_state`'s shapes and shardings (any mesh)."""
+    try:
+      restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except (ValueError, KeyError, TypeError) as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise UserError(
+          f'checkpoint {step} in {self.manager.directory} does not match this '
+          f'config ({type(e).__name__}: {first_line[:200]}); use a new '
+          '--workdir') from None
+    return restored.state, restored.data
+
+  def restore_state(self, step: int, abstract_state):
+    """Only the train state (evaluate, generate, stage-2 encoder loading)."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+    return restored.state
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(state, shardings):
+  """ShapeDtypeStructs carrying shardings: the restore target for any mesh."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      state, shardings)

@@ -1,0 +1,106 @@
+"""Model FLOPs per train step, from the config alone, and MFU.
+
+Model FLOPs count the matmuls the model needs, not what the compiled program
+runs: remat recomputation, elementwise ops and the optimizer are left out.
+A dense layer with P weights costs 2 * P FLOPs per token forward, and the
+backward pass twice that (gradients of inputs and of weights), so 6 * P to
+train. Attention adds QK^T and AV; a causal mask halves them (MaxText's
+convention), although a dense kernel still computes the masked half.
+"""
+
+# Forward + backward = 3 forwards.
+TRAIN_PASSES = 3
+
+# bf16 dense peak FLOP/s per chip, from Google's Cloud TPU pages.
+TPU_PEAK_FLOPS = {
+    'v4': 275e12,
+    'v5e': 197e12,
+    'v5p': 459e12,
+    'v6e': 918e12,
+}
+# jax.Device.device_kind -> generation; v5e and v6e report as 'lite'.
+_TPU_KINDS = {
+    'TPU v4': 'v4',
+    'TPU v5 lite': 'v5e',
+    'TPU v5e': 'v5e',
+    'TPU v5': 'v5p',
+    'TPU v5p': 'v5p',
+    'TPU v6 lite': 'v6e',
+    'TPU v6e': 'v6e',
+}
+
+
+def _per_token(forward: float) -> dict:
+  return dict(forward=float(forward), train=float(TRAIN_PASSES * forward))
+
+
+def attention_flops_per_token(seq_len: int, num_heads: int, head_dim: int,
+                              causal: bool = True) -> dict:
+  """QK^T and AV of one layer, per query position.
+
+  Each is 2 * L * H * Dh per query (2 * L^2 * H * Dh per sequence); a causal
+  query sees on average half the keys.
+  """
+  forward = 2 * 2 * seq_len * num_heads * head_dim
+  return _per_token(forward / 2 if causal else forward)
+
+
+def dense_flops_per_token(num_weights: int) -> dict:
+  """A matmul with `num_weights` weights, per token."""
+  return _per_token(2 * num_weights)
+
+
+def transformer_flops_per_token(model_config, seq_len: int,
+                                causal: bool = True) -> dict:
+  """The block stack (latentlm.models.transformer), per position.
+
+  `model_config` is a TransformerConfig or the config's `model` fields. The
+  embedding lookup and the output head belong to the model around the stack.
+  """
+  c = model_config
+  qkv_weights = c.d_model * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+  out_weights = c.num_heads * c.head_dim * c.d_model
+  mlp_weights = 3 * c.d_model * c.mlp_dim  # SwiGLU: gate, up, down
+  dense = dense_flops_per_token(qkv_weights + out_weights + mlp_weights)
+  attention = attention_flops_per_token(seq_len, c.num_heads, c.head_dim,
+                                        causal)
+  return {k: c.num_layers * (dense[k] + attention[k]) for k in dense}
+
+
+def token_lm_flops_per_token(model_config, seq_len: int) -> dict:
+  """Causal stack plus the output projection (tied or not, it is a matmul)."""
+  stack = transformer_flops_per_token(model_config, seq_len, causal=True)
+  head = dense_flops_per_token(model_config.d_model * model_config.vocab_size)
+  return {k: stack[k] + head[k] for k in stack}
+
+
+def train_flops_per_step(config) -> float:
+  """Model FLOPs of one optimizer step of `config` (all devices together).
+
+  Uses `config.model.vocab_size`; a tokenizer with another vocabulary size
+  must be reflected there for the head term to be right.
+  """
+  if config.task == 'token_lm':
+    tokens = config.train.batch_size * config.data.seq_len
+    return tokens * token_lm_flops_per_token(config.model,
+                                             config.data.seq_len)['train']
+  if config.task in ('autoencoder', 'concept_lm'):
+    # Add here with those models: encoder and decoder stacks over chunks of K
+    # tokens (autoencoder); the causal stack over seq_len concepts, its input
+    # projection and the generative head's samples (concept_lm).
+    raise NotImplementedError(f'FLOPs of task {config.task!r}')
+  raise ValueError(f'unknown task {config.task!r}')
+
+
+def mfu(flops_per_step: float, step_time_s: float,
+        peak_flops_per_s: float) -> float:
+  """Model FLOPs utilisation: achieved model FLOP/s over the peak."""
+  return flops_per_step / step_time_s / peak_flops_per_s
+
+
+def device_peak_flops(device) -> float | None:
+  """bf16 peak FLOP/s of a TPU chip; None off TPU or for an unknown chip."""
+  if device.platform != 'tpu':
+    return None
+  generation = _TPU_KINDS.get(device.device_kind)
+  return TPU_PEAK_FLOPS[generation] if generation else None

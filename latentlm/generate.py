@@ -1,0 +1,135 @@
+"""Samples text from a trained run: python -m latentlm.generate --workdir=DIR.
+
+Token LMs sample token by token with a KV cache (temperature, top-p); when
+the context is full, the cache is refilled from the last half of the window.
+"""
+
+import codecs
+import sys
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latentlm import cli
+from latentlm import runs
+from latentlm.errors import UserError
+from latentlm.models import transformer
+
+flags.DEFINE_string('workdir', None, 'A trained run.')
+flags.DEFINE_string('prompt', '', 'Text to continue.')
+flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+flags.DEFINE_float('temperature', 0.8, 'Sampling temperature (> 0; 0 = greedy).')
+flags.DEFINE_float('top_p', 0.95, 'Nucleus sampling mass in (0, 1].')
+flags.DEFINE_integer('max_bytes', 400, 'Stop after about this many bytes.')
+
+
+def check_sampling_args(temperature: float, top_p: float, max_bytes: int):
+  if temperature < 0:
+    raise UserError(f'--temperature={temperature} must be >= 0 (0 = greedy)')
+  if not 0 < top_p <= 1:
+    raise UserError(f'--top_p={top_p} must be in (0, 1]')
+  if max_bytes <= 0:
+    raise UserError(f'--max_bytes={max_bytes} must be positive')
+
+
+def sample_logits(logits_BxV, rng, temperature: float, top_p: float):
+  """Temperature and nucleus (top-p) sampling; temperature 0 is greedy."""
+  if temperature == 0:
+    return logits_BxV.argmax(-1)
+  logits_BxV = logits_BxV.astype(jnp.float32) / temperature
+  if top_p < 1:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    # The smallest logit still inside the nucleus; the top token always is.
+    kept_BxV = jnp.where(mass_before_BxV < top_p, sorted_BxV, jnp.inf)
+    threshold_Bx1 = kept_BxV.min(axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
+  return jax.random.categorical(rng, logits_BxV, axis=-1)
+
+
+class TokenSampler:
+  """KV-cached sampling from a token LM task's model."""
+
+  def __init__(self, task, params):
+    self.task, self.params = task, params
+    self.cfg = task.model_config
+    self.window = self.cfg.max_len
+
+    def forward(params, tokens_BxL, cache):
+      logits_BxLxV, cache = task.model.apply({'params': params}, tokens_BxL,
+                                             cache=cache)
+      return logits_BxLxV[:, -1], cache
+
+    self._forward = jax.jit(forward)
+    self._sample = jax.jit(sample_logits, static_argnums=(2, 3))
+
+  def _prefill(self, tokens_BxL):
+    cache = transformer.init_cache(self.cfg, tokens_BxL.shape[0], self.window)
+    return self._forward(self.params, jnp.asarray(tokens_BxL), cache)
+
+  def stream(self, prompt_BxL: np.ndarray, rng, max_new: int,
+             temperature: float, top_p: float):
+    """Yields the next token of every row, max_new times (EOS included)."""
+    context_BxL = prompt_BxL[:, -(self.window // 2):]
+    logits_BxV, cache = self._prefill(context_BxL)
+    history = [context_BxL]
+    for i in range(max_new):
+      tokens_B = self._sample(logits_BxV, jax.random.fold_in(rng, i),
+                              temperature, top_p)
+      yield np.asarray(tokens_B)
+      history.append(np.asarray(tokens_B)[:, None])
+      if int(cache.index) >= self.window:
+        recent_BxL = np.concatenate(history, axis=1)[:, -(self.window // 2):]
+        history = [recent_BxL]
+        logits_BxV, cache = self._prefill(recent_BxL)
+      else:
+        logits_BxV, cache = self._forward(self.params, tokens_B[:, None], cache)
+
+
+def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,
+                   top_p=0.95, max_bytes=400, on_text=None) -> list[str]:
+  """Samples continuations of `prompt`; `on_text` receives sample 0's pieces."""
+  tokenizer = run.task.tokenizer
+  prompt_ids = np.concatenate([[tokenizer.eos_id], tokenizer.encode(prompt)])
+  prompt_BxL = np.tile(prompt_ids.astype(np.int32), (num_samples, 1))
+  sampler = TokenSampler(run.task, run.state.params)
+  outputs = [[] for _ in range(num_samples)]
+  done = np.zeros(num_samples, bool)
+  decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+  for tokens_B in sampler.stream(prompt_BxL, rng, max_bytes, temperature,
+                                 top_p):
+    done |= tokens_B == tokenizer.eos_id
+    for i in np.flatnonzero(~done):
+      outputs[i].append(int(tokens_B[i]))
+    if on_text is not None and not done[0]:
+      on_text(decoder.decode(tokenizer.decode_bytes([int(tokens_B[0])])))
+    if done.all():
+      break
+  return [tokenizer.decode(ids) for ids in outputs]
+
+
+def generate_texts(run, prompt: str, num_samples: int, rng, **kwargs):
+  """Samples for any task; the entry point train and the CLI share."""
+  if run.config.task == 'token_lm':
+    return token_lm_texts(run, prompt, num_samples, rng, **kwargs)
+  raise UserError(f'generation for task {run.config.task!r} is not available')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  check_sampling_args(f.temperature, f.top_p, f.max_bytes)
+  run = runs.load(f.workdir)
+  sys.stdout.write(f.prompt)
+  write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
+  generate_texts(run, f.prompt, 1, jax.random.key(f.seed),
+                 temperature=f.temperature, top_p=f.top_p,
+                 max_bytes=f.max_bytes, on_text=write)
+  sys.stdout.write('\n')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,1 @@
+"""Models: the transformer backbone and the networks built from it."""

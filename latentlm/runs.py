@@ -1,0 +1,48 @@
+"""Loading a trained run from its workdir, for evaluate, generate and stage 2."""
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+
+from latentlm import checkpoint
+from latentlm import sharding
+from latentlm import tasks
+from latentlm import workdir as workdir_lib
+from latentlm.errors import UserError
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  task: Any
+  trainer: Any  # train.Trainer: the jitted steps on this process's mesh
+  state: Any  # step.TrainState at the latest checkpoint
+  step: int
+
+
+def load(workdir_path: str, devices=None) -> Run:
+  """Restores the latest checkpoint of a workdir onto `devices` (default: one).
+
+  A run saved on any mesh restores here: the restore target carries this
+  mesh's shardings.
+  """
+  from latentlm import train  # pylint: disable=g-import-not-at-top
+  workdir = workdir_lib.Workdir(workdir_path)
+  config = workdir.load_config()
+  devices = devices or jax.devices()[:1]
+  with config.unlocked():
+    config.mesh = ml_collections.ConfigDict(
+        dict(data=len(devices), fsdp=1, tensor=1))
+  task = tasks.get_task(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  trainer = train.Trainer(config, task, mesh)
+  ckpt = checkpoint.Checkpointer(workdir.checkpoints, max_to_keep=1000,
+                                 save_every=1)
+  step = ckpt.latest_step()
+  if step is None:
+    raise UserError(f'{workdir.path} has no checkpoint yet; train first')
+  state = ckpt.restore_state(step, trainer.abstract_state)
+  ckpt.close()
+  return Run(config=config, task=task, trainer=trainer, state=state, step=step)

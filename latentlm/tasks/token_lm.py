@@ -1,0 +1,73 @@
+"""Token LM task: next-token cross-entropy; the baseline for concept models.
+
+A Task tells the data pipeline what a unit of a row is (`unit_fn`,
+`unit_shape`, `row_len`), initialises parameters (`init`), and defines the
+loss (`loss`). Every task has this shape; train.py knows nothing else.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from latentlm.data import tokenizers
+from latentlm.models import token_lm, transformer
+
+
+def masked_cross_entropy(logits_BxLxV, targets_BxL, byte_lengths_V, pad_id):
+  """Mean cross-entropy over non-pad targets, plus bits per byte.
+
+  Bits per byte divides the total negative log-likelihood by the number of
+  text bytes the targets stand for, so byte and BPE models compare fairly.
+  """
+  mask_BxL = (targets_BxL != pad_id).astype(jnp.float32)
+  ce_BxL = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxLxV.astype(jnp.float32), targets_BxL)
+  num_targets = jnp.maximum(mask_BxL.sum(), 1.0)
+  total_nats = (ce_BxL * mask_BxL).sum()
+  num_bytes = (jnp.asarray(byte_lengths_V)[targets_BxL] * mask_BxL).sum()
+  correct = (logits_BxLxV.argmax(-1) == targets_BxL) * mask_BxL
+  metrics = dict(
+      accuracy=correct.sum() / num_targets,
+      bits_per_byte=total_nats / math.log(2) / jnp.maximum(num_bytes, 1.0),
+      num_bytes=num_bytes)
+  return total_nats / num_targets, metrics
+
+
+class Task:
+  """Next-token prediction over packed rows of seq_len + 1 tokens."""
+
+  unit_shape = ()
+
+  def __init__(self, config):
+    self.config = config
+    self.tokenizer = tokenizers.get_tokenizer(config.data)
+    self.model_config = transformer.TransformerConfig.from_config(
+        config.model, vocab_size=self.tokenizer.vocab_size)
+    self.model = token_lm.TokenLM(self.model_config)
+    self.row_len = config.data.seq_len + 1
+    self.byte_lengths = np.asarray(self.tokenizer.token_byte_lengths(),
+                                   np.float32)
+
+  def unit_fn(self, tokens_N):
+    return tokens_N
+
+  def init(self, rng):
+    """Boxed (logically partitioned) params, and no frozen params."""
+    tokens_1xL = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+    variables = self.model.init(rng, tokens_1xL)
+    return variables['params'], {}
+
+  def loss(self, params, frozen, batch, rng, train):
+    del frozen, rng, train  # no dropout in the token LM
+    tokens_BxL1 = batch['tokens']
+    logits_BxLxV, _ = self.model.apply(
+        {'params': params}, tokens_BxL1[:, :-1])
+    return masked_cross_entropy(logits_BxLxV, tokens_BxL1[:, 1:],
+                                self.byte_lengths, self.tokenizer.pad_id)
+
+  def tokens_per_step(self) -> int:
+    """Model positions trained per step (for throughput and FLOPs)."""
+    return self.config.train.batch_size * self.config.data.seq_len

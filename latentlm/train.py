@@ -1,0 +1,214 @@
+"""Trains any task: python -m latentlm.train --config=configs/F.py --workdir=DIR.
+
+One linear loop: config -> mesh -> data -> init -> restore -> loop -> save.
+Restarting on the same workdir resumes from its latest checkpoint with the
+same data order, so the continued run's losses equal an uninterrupted run's.
+"""
+
+import contextlib
+import functools
+import time
+
+from absl import flags
+import flax.linen as nn
+import jax
+import numpy as np
+
+from latentlm import checkpoint
+from latentlm import cli
+from latentlm import sharding
+from latentlm import step as step_lib
+from latentlm import tasks
+from latentlm import workdir as workdir_lib
+from latentlm.data import pipeline
+from latentlm.errors import UserError
+
+cli.define_config_flag()
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+
+
+def global_batch(local_batch, mesh):
+  """Assembles each process's rows into one array sharded over the mesh."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          sharding.batch_sharding(mesh, x.ndim), x), local_batch)
+
+
+def per_process_batch_size(config, mesh) -> int:
+  batch_size = config.train.batch_size
+  if batch_size % sharding.data_parallel_size(mesh):
+    raise UserError(
+        f'config.train.batch_size={batch_size} must be divisible by the '
+        f'data-parallel devices ({sharding.data_parallel_size(mesh)})')
+  if batch_size % jax.process_count():
+    raise UserError(f'config.train.batch_size={batch_size} must be '
+                        f'divisible by the {jax.process_count()} processes')
+  return batch_size // jax.process_count()
+
+
+def make_data(config, task, split, batch_size, *, seed, shuffle=True,
+              num_epochs=None):
+  return pipeline.make_iterator(
+      config.data, split=split, unit_fn=task.unit_fn,
+      unit_shape=task.unit_shape, row_len=task.row_len, batch_size=batch_size,
+      seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+class Trainer:
+  """The jitted steps of one task on one mesh, with the state's shardings."""
+
+  def __init__(self, config, task, mesh):
+    self.config, self.task, self.mesh = config, task, mesh
+    self.rules = sharding.logical_rules(config.sharding.rules)
+    self.optimizer = step_lib.make_optimizer(config.optimizer,
+                                             config.train.num_steps)
+    self.rng = jax.random.key(config.seed)
+
+    def init_fn(rng):
+      params, frozen = task.init(rng)
+      return step_lib.init_state(params, frozen, self.optimizer)
+
+    with self.context():
+      boxed = jax.eval_shape(init_fn, self.rng)
+      self.state_shardings = sharding.logical_shardings(boxed, mesh, self.rules)
+      self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
+    self.abstract_state = checkpoint.abstract_with_shardings(
+        nn.meta.unbox(boxed), nn.meta.unbox(self.state_shardings))
+    self.state_shardings = nn.meta.unbox(self.state_shardings)
+    replicated = sharding.replicated(mesh)
+    self._train_step = jax.jit(
+        functools.partial(step_lib.train_step, loss_fn=task.loss,
+                          optimizer=self.optimizer,
+                          grad_accum_steps=config.train.grad_accum_steps),
+        in_shardings=(self.state_shardings, None, replicated),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    self._eval_step = jax.jit(
+        functools.partial(step_lib.eval_step, loss_fn=task.loss),
+        in_shardings=(self.state_shardings, None, replicated),
+        out_shardings=replicated)
+
+  @contextlib.contextmanager
+  def context(self):
+    """Mesh and logical-axis rules, needed while tracing the model."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def init_state(self):
+    with self.context():
+      return nn.meta.unbox(self._init(self.rng))
+
+  def train_step(self, state, batch):
+    with self.context():
+      return self._train_step(state, global_batch(batch, self.mesh), self.rng)
+
+  def evaluate(self, state, iterator, max_batches: int) -> dict:
+    """Metric means over up to `max_batches`, weighted by targets per batch."""
+    totals, weight = {}, 0.0
+    with self.context():
+      for i, batch in enumerate(iterator):
+        if i >= max_batches:
+          break
+        metrics = jax.device_get(self._eval_step(
+            state, global_batch(batch, self.mesh), self.rng))
+        w = float(metrics.get('num_bytes', 1.0))
+        for name, value in metrics.items():
+          totals[name] = totals.get(name, 0.0) + float(value) * w
+        weight += w
+    means = {k: v / max(weight, 1e-9) for k, v in totals.items()}
+    means['num_bytes'] = weight
+    return means
+
+
+# ============================================================================
+# main
+# ============================================================================
+def train(config, workdir_path: str) -> dict:
+  """Trains `config` in `workdir_path`; returns the last eval metrics."""
+  # --- config -----------------------------------------------------------
+  workdir = workdir_lib.Workdir(workdir_path)
+  workdir.check_compatible(config)
+  task = tasks.get_task(config)
+
+  # --- mesh -------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  batch_size = per_process_batch_size(config, mesh)
+
+  # --- data -------------------------------------------------------------
+  train_data = make_data(config, task, 'train', batch_size, seed=config.seed)
+  make_eval_data = functools.partial(
+      make_data, config, task, config.data.eval_split, batch_size,
+      seed=config.seed, shuffle=False, num_epochs=1)
+
+  # --- init (eval_shape -> shardings -> jit) -----------------------------
+  trainer = Trainer(config, task, mesh)
+  workdir.prepare(config)  # only now: every check above has passed
+  ckpt = checkpoint.Checkpointer(workdir.checkpoints,
+                                 config.train.max_to_keep,
+                                 config.train.checkpoint_every)
+
+  # --- restore ------------------------------------------------------------
+  start_step = ckpt.latest_step()
+  if start_step is None:
+    state, start_step = trainer.init_state(), 0
+  else:
+    state, train_data = ckpt.restore(start_step, trainer.abstract_state,
+                                     train_data)
+  is_lead = jax.process_index() == 0
+  writer = workdir_lib.MetricsWriter(workdir, start_step, enabled=is_lead)
+
+  # --- loop -------------------------------------------------------------
+  num_steps = config.train.num_steps
+  tokens_per_step = task.tokens_per_step()
+  progress = _progress_bar(config, start_step, num_steps, is_lead)
+  eval_metrics, train_metrics = {}, []
+  last_time, last_step = time.perf_counter(), start_step
+  for step in range(start_step + 1, num_steps + 1):
+    state, metrics = trainer.train_step(state, next(train_data))
+    train_metrics.append(metrics)
+    if step % config.train.log_every == 0 or step == num_steps:
+      logged = {f'train/{k}': float(np.mean(v)) for k, v in
+                jax.device_get(_stack(train_metrics)).items()}
+      now = time.perf_counter()
+      logged['train/tokens_per_s'] = (
+          tokens_per_step * (step - last_step) / (now - last_time))
+      last_time, last_step, train_metrics = now, step, []
+      writer.write(step, logged)
+      progress.set_postfix(loss=f"{logged['train/loss']:.4f}",
+                           tok_s=f"{logged['train/tokens_per_s']:.0f}")
+    if step % config.train.eval_every == 0 or step == num_steps:
+      eval_metrics = trainer.evaluate(state, make_eval_data(),
+                                      config.train.eval_batches)
+      writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+    if ckpt.should_save(step) or step == num_steps:
+      ckpt.save(step, state, train_data, force=step == num_steps)
+    progress.update(1)
+    if ckpt.reached_preemption(step):
+      break
+  progress.close()
+
+  # --- final save -------------------------------------------------------
+  ckpt.close()
+  writer.close()
+  return eval_metrics
+
+
+def _stack(metrics_list):
+  return {k: np.stack([np.asarray(m[k]) for m in metrics_list])
+          for k in metrics_list[0]}
+
+
+def _progress_bar(config, start_step, num_steps, enabled):
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=num_steps, initial=start_step, unit='step',
+                   disable=not (enabled and config.train.progress_bar),
+                   dynamic_ncols=True, desc='train')
+
+
+def main(argv):
+  del argv
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  cli.run(main)

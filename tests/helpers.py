@@ -1,0 +1,57 @@
+"""Shared test helpers: tiny configs and running the command-line tools."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None):
+  """configs/NAME.py's get_config(arg), as the command line would load it."""
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_token_lm(data_dir: str, **train):
+  """A nano token LM that trains a step in well under a second."""
+  config = load_config('token_lm', 'size=nano')
+  config.data.data_dir = data_dir
+  config.data.seq_len = 32
+  config.model.max_len = 32
+  config.train.batch_size = 8
+  config.train.progress_bar = False
+  config.optimizer.warmup_steps = 2
+  config.train.update(train)
+  return config
+
+
+def run_module(module: str, *args: str, env=None, timeout=300):
+  """Runs `python -m latentlm.MODULE ARGS` in a fresh process on 1 CPU device."""
+  full_env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='',
+                  **(env or {}))
+  return subprocess.run([sys.executable, '-m', f'latentlm.{module}', *args],
+                        capture_output=True, text=True, timeout=timeout,
+                        env=full_env, cwd=REPO)
+
+
+def config_flags(config, prefix='--config') -> list[str]:
+  """--config.a.b=VALUE flags that reproduce every leaf of `config`."""
+  flags = []
+  def walk(tree, path):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        walk(value, f'{path}.{key}')
+      elif not isinstance(value, (list, tuple)):
+        flags.append(f'{path}.{key}={value}')
+  walk(json.loads(config.to_json()), prefix)
+  return flags
+
+
+def last_json_line(stdout: str) -> dict:
+  return json.loads(stdout.strip().splitlines()[-1])

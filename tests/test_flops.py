@@ -1,0 +1,128 @@
+"""Model FLOPs against XLA's own count and against the model's parameters."""
+
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import helpers
+from latentlm import bench
+from latentlm import flops
+from latentlm import sharding
+from latentlm import tasks
+from latentlm import train
+from latentlm.errors import UserError
+
+
+def _matmul_heavy_config():
+  """d_model 256 and seq 128: matmuls dominate XLA's count.
+
+  XLA also counts elementwise FLOPs (norms, RoPE, softmax, SwiGLU, AdamW),
+  about L + F/D + a few per token and feature against the matmuls' 6 * D, and
+  computes the masked half of causal attention (which model FLOPs leave out,
+  ~4% here): together a few percent, well inside the 10% tolerance.
+  Layers are unrolled because XLA counts a scan's body once.
+  """
+  config = helpers.load_config('token_lm', 'size=tiny')
+  config.model.update(dict(d_model=256, num_heads=4, num_kv_heads=4,
+                           head_dim=64, mlp_dim=768, num_layers=2,
+                           scan_layers=False, max_len=128))
+  config.data.seq_len = 128
+  config.train.batch_size = 2
+  config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  return config
+
+
+def test_train_flops_match_xla_cost_analysis():
+  config = _matmul_heavy_config()
+  trainer = train.Trainer(config, tasks.get_task(config),
+                          sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  batch = {'tokens': jax.ShapeDtypeStruct(
+      (config.train.batch_size, config.data.seq_len + 1), jnp.int32)}
+  with trainer.context():
+    compiled = trainer._train_step.lower(  # pylint: disable=protected-access
+        trainer.abstract_state, batch, trainer.rng).compile()
+  xla_flops = compiled.cost_analysis()['flops']
+  model_flops = flops.train_flops_per_step(config)
+  assert model_flops == pytest.approx(xla_flops, rel=0.1)
+
+
+def test_dense_flops_are_six_times_matmul_params():
+  config = _matmul_heavy_config()
+  task = tasks.get_task(config)
+  params = nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0))[0])
+  # Every matrix but the embedding table is a matmul weight.
+  matmul_params = sum(
+      np.prod(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(params)
+      if x.ndim >= 2 and jax.tree_util.keystr(path) != "['embed']")
+  seq_len = config.data.seq_len
+  attention = flops.attention_flops_per_token(
+      seq_len, config.model.num_heads, config.model.head_dim)['train']
+  per_token = flops.token_lm_flops_per_token(config.model, seq_len)['train']
+  assert per_token - config.model.num_layers * attention == pytest.approx(
+      6 * matmul_params)
+
+
+@pytest.mark.parametrize('seq_len, num_heads, head_dim', [(16, 2, 8),
+                                                          (64, 4, 32)])
+def test_attention_flops(seq_len, num_heads, head_dim):
+  q_LxHxK = jax.ShapeDtypeStruct((seq_len, num_heads, head_dim), jnp.float32)
+
+  def scores_and_values(q_LxHxK, k_LxHxK, v_LxHxK):
+    logits_HxLxL = jnp.einsum('LHK,SHK->HLS', q_LxHxK, k_LxHxK)
+    return jnp.einsum('HLS,SHK->LHK', logits_HxLxL, v_LxHxK)
+
+  xla_forward = jax.jit(scores_and_values).lower(
+      q_LxHxK, q_LxHxK, q_LxHxK).compile().cost_analysis()['flops']
+  full = flops.attention_flops_per_token(seq_len, num_heads, head_dim,
+                                         causal=False)
+  causal = flops.attention_flops_per_token(seq_len, num_heads, head_dim)
+  assert full['forward'] * seq_len == pytest.approx(xla_forward, rel=1e-3)
+  assert causal['forward'] == full['forward'] / 2
+  assert causal['train'] == 3 * causal['forward']
+  # Half is the large-L limit of the causal mask's allowed fraction.
+  allowed = np.tril(np.ones((seq_len, seq_len))).mean()
+  assert causal['forward'] == pytest.approx(full['forward'] * allowed,
+                                            rel=1 / seq_len)
+
+
+def test_concept_tasks_are_not_counted_yet():
+  config = _matmul_heavy_config()
+  config.task = 'concept_lm'
+  with pytest.raises(NotImplementedError):
+    flops.train_flops_per_step(config)
+
+
+def test_mfu():
+  assert flops.mfu(6e12, step_time_s=2.0, peak_flops_per_s=1e13) == 0.3
+
+
+def test_device_peak_flops():
+  assert flops.device_peak_flops(jax.devices()[0]) is None
+  v5e = types.SimpleNamespace(platform='tpu', device_kind='TPU v5 lite')
+  assert flops.device_peak_flops(v5e) == flops.TPU_PEAK_FLOPS['v5e']
+  unknown = types.SimpleNamespace(platform='tpu', device_kind='TPU v99')
+  assert flops.device_peak_flops(unknown) is None
+
+
+def test_bench_train_reports_consistent_numbers(tmp_path, monkeypatch):
+  monkeypatch.setattr(bench, 'MATMUL_SIZES', (256,))
+  config = helpers.tiny_token_lm(str(tmp_path))
+  config.train.batch_size = len(jax.devices())
+  result = bench.bench_train(config, num_steps=2, data_batches=2)
+  assert 0 < result['mfu'] < 1.5
+  assert result['tokens_per_s'] == pytest.approx(
+      config.train.batch_size * config.data.seq_len / result['step_time_s'])
+  assert result['model_flops_per_step'] == flops.train_flops_per_step(config)
+  # The nano model is elementwise-heavy, so XLA counts more than the model.
+  assert (result['model_flops_per_step'] < result['xla_flops_per_step'] <
+          3 * result['model_flops_per_step'])
+  assert result['data_tokens_per_s'] > 0
+
+
+def test_bench_generate_is_a_clear_error():
+  with pytest.raises(UserError, match='not implemented yet'):
+    bench.main(['bench', 'generate'])

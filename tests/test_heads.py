@@ -1,0 +1,283 @@
+"""Generative heads: numerics against numpy references, and learning toys.
+
+The toy: 2-D targets with two modes, (-2, 0) and (+2, 0). h is a one-hot of
+three kinds: 0 says nothing (30% left, 70% right), 1 means left, 2 right. One
+short jitted training per head serves every test that needs a trained head.
+"""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from latentlm import sharding
+from latentlm.errors import UserError
+from latentlm.models import heads
+
+MODES = np.array([[-2.0, 0.0], [2.0, 0.0]], np.float32)
+P_RIGHT = 0.7
+MODE_STD = 0.1
+NUM_KINDS = 3
+TRAIN_STEPS = 300
+BATCH = 128
+TINY = dict(hidden_dim=32, num_layers=2)
+GENERATIVE = ('energy', 'flow', 'diffusion', 'gmm')
+# Every sampling test uses these rows, so each head compiles `sample` once.
+EVAL_COUNTS = (3000, 500, 500)
+EVAL_H = np.repeat(np.eye(NUM_KINDS, dtype=np.float32), EVAL_COUNTS, axis=0)
+UNINFORMED, LEFT, RIGHT = np.split(np.arange(len(EVAL_H)),
+                                   np.cumsum(EVAL_COUNTS)[:2])
+
+
+def _head(name, **overrides):
+  config = heads.default_head_config(name)
+  config.update(TINY, **overrides)
+  return heads.make_head(config, latent_dim=2)
+
+
+def _toy_batch(rng, shape, m=2):
+  """h: shape x 3 one-hots; z: shape x m x 2 targets drawn given the kind."""
+  kind = rng.integers(0, NUM_KINDS, shape)
+  right = np.where(kind[..., None] == 0, rng.random(shape + (m,)) < P_RIGHT,
+                   kind[..., None] == 2)
+  z = MODES[right.astype(int)] + MODE_STD * rng.normal(size=right.shape + (2,))
+  return np.eye(NUM_KINDS, dtype=np.float32)[kind], z.astype(np.float32)
+
+
+@functools.cache
+def _trained(name):
+  """(head, params) after TRAIN_STEPS Adam steps on the toy."""
+  head = _head(name)
+  optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, TRAIN_STEPS))
+
+  def step(carry, batch):
+    params, opt_state = carry
+    h, z, key = batch
+    loss_fn = lambda p: jnp.mean(head.apply(
+        {'params': p}, h, z, key, method='loss'))
+    updates, opt_state = optimizer.update(
+        jax.grad(loss_fn)(params), opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  @jax.jit
+  def fit(key, h_TxNx3, z_TxNxMx2):
+    params = nn.unbox(head.init(key, h_TxNx3[0], z_TxNxMx2[0], key,
+                                method='loss')['params'])
+    keys = jax.random.split(key, TRAIN_STEPS)
+    (params, _), _ = jax.lax.scan(
+        step, (params, optimizer.init(params)), (h_TxNx3, z_TxNxMx2, keys))
+    return params
+
+  h, z = _toy_batch(np.random.default_rng(0), (TRAIN_STEPS, BATCH))
+  return head, fit(jax.random.key(1), h, z)
+
+
+@functools.cache
+def _sample_fn(name):
+  head, params = _trained(name)
+  sample = jax.jit(lambda p, key, t: head.apply(
+      {'params': p}, EVAL_H, key, t, method='sample'))
+  return lambda key, t: np.asarray(sample(params, key, t))
+
+
+def _samples(name, seed=2, temperature=1.0):
+  """Samples of the trained head for the rows of EVAL_H."""
+  return _sample_fn(name)(jax.random.key(seed), temperature)
+
+
+@pytest.mark.parametrize('name', GENERATIVE)
+def test_samples_cover_both_modes_in_proportion(name):
+  x_Nx2 = _samples(name)[UNINFORMED]
+  assert abs(np.mean(x_Nx2[:, 0] > 0) - P_RIGHT) < 0.05
+  # Mass sits on the modes, not smeared between them.
+  dist_N = np.min(np.linalg.norm(x_Nx2[:, None] - MODES, axis=-1), axis=1)
+  assert np.mean(dist_N < 0.5) > 0.85
+
+
+@pytest.mark.parametrize('name', GENERATIVE)
+def test_samples_follow_h(name):
+  x_Nx2 = _samples(name)
+  assert np.mean(x_Nx2[LEFT, 0] < 0) > 0.97
+  assert np.mean(x_Nx2[RIGHT, 0] > 0) > 0.97
+
+
+def test_mse_predicts_the_mean():
+  pred_Nx2 = _samples('mse')
+  expected_mean = (1 - P_RIGHT) * MODES[0] + P_RIGHT * MODES[1]
+  for rows, expected in ((UNINFORMED, expected_mean), (LEFT, MODES[0]),
+                         (RIGHT, MODES[1])):
+    np.testing.assert_allclose(pred_Nx2[rows], np.broadcast_to(
+        expected, (len(rows), 2)), atol=0.1)
+  # No distribution: rng and temperature change nothing.
+  np.testing.assert_array_equal(_samples('mse', 3, 0.0), pred_Nx2)
+  np.testing.assert_array_equal(_samples('mse', 4, 5.0), pred_Nx2)
+
+
+@pytest.mark.parametrize('name', ('energy', 'flow', 'diffusion'))
+def test_zero_temperature_is_deterministic(name):
+  x_Nx2 = _samples(name, 5, 0.0)
+  np.testing.assert_array_equal(x_Nx2, _samples(name, 6, 0.0))
+  assert np.all(np.isfinite(x_Nx2))
+
+
+def test_gmm_zero_temperature_is_the_top_component_mean():
+  head, params = _trained('gmm')
+  log_weights_NxK, mean_NxKxZ, _ = jax.jit(functools.partial(
+      head.apply, method='mixture'))({'params': params}, EVAL_H)
+  top_N = np.argmax(log_weights_NxK, axis=1)
+  np.testing.assert_allclose(_samples('gmm', 5, 0.0),
+                             np.asarray(mean_NxKxZ)[np.arange(len(top_N)),
+                                                    top_N])
+
+
+@pytest.mark.parametrize('name', sorted(heads.HEADS))
+def test_negative_temperature_raises(name):
+  head, params = _trained(name)
+  with pytest.raises(ValueError, match='temperature'):
+    head.apply({'params': params}, EVAL_H, jax.random.key(0), -0.5,
+               method='sample')
+
+
+def _np_log_prob(log_weights_K, mean_KxZ, std_KxZ, z_Z):
+  log_normal_K = np.sum(
+      -0.5 * ((z_Z - mean_KxZ) / std_KxZ) ** 2 - np.log(std_KxZ)
+      - 0.5 * np.log(2 * np.pi), axis=1)
+  a_K = log_weights_K + log_normal_K
+  return a_K.max() + np.log(np.sum(np.exp(a_K - a_K.max())))
+
+
+def test_gmm_log_prob_and_loss_match_numpy():
+  head, params = _trained('gmm')
+  rng = np.random.default_rng(1)
+  h_Nx3, z_NxMx2 = _toy_batch(rng, (6,), m=3)
+  z_NxMx2 += rng.normal(scale=0.3, size=z_NxMx2.shape).astype(np.float32)
+
+  @jax.jit
+  def evaluate(h_Nx3, z_NxMx2):
+    apply = functools.partial(head.apply, {'params': params})
+    log_prob_NxM = jnp.stack([apply(h_Nx3, z_NxMx2[:, m], method='log_prob')
+                              for m in range(z_NxMx2.shape[1])], axis=1)
+    return (apply(h_Nx3, method='mixture'), log_prob_NxM,
+            apply(h_Nx3, z_NxMx2, jax.random.key(0), method='loss'))
+
+  (log_weights, mean, std), log_prob_NxM, loss_N = jax.tree.map(
+      np.asarray, evaluate(h_Nx3, z_NxMx2))
+  assert np.ptp(mean[0, :, 0]) > 1.0 and np.ptp(std) > 0.01  # non-trivial
+  expected_NxM = np.array(
+      [[_np_log_prob(log_weights[n], mean[n], std[n], z) for z in z_NxMx2[n]]
+       for n in range(6)])
+  np.testing.assert_allclose(log_prob_NxM, expected_NxM, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(loss_N, -expected_NxM.mean(1), rtol=1e-5,
+                             atol=1e-4)
+
+
+def _np_energy_score(x_SxZ, y_MxZ):
+  s = len(x_SxZ)
+  fit = np.mean([np.linalg.norm(x - y) for x in x_SxZ for y in y_MxZ])
+  spread = sum(np.linalg.norm(x_SxZ[i] - x_SxZ[j])
+               for i in range(s) for j in range(s) if i != j) / (s * (s - 1))
+  return fit - 0.5 * spread
+
+
+def test_energy_score_matches_numpy():
+  rng = np.random.default_rng(0)
+  x_NxSxZ = rng.normal(size=(3, 4, 5)).astype(np.float32)
+  y_NxMxZ = rng.normal(size=(3, 2, 5)).astype(np.float32)
+  np.testing.assert_allclose(
+      heads.energy_score(x_NxSxZ, y_NxMxZ),
+      [_np_energy_score(x, y) for x, y in zip(x_NxSxZ, y_NxMxZ)], rtol=1e-5)
+
+
+def test_energy_score_gradient_is_finite_for_equal_samples():
+  x_1x3x2 = jnp.array([[[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]]])
+  grad = jax.grad(lambda x: heads.energy_score(x, x[:, :1]).sum())(x_1x3x2)
+  assert np.all(np.isfinite(grad))
+
+
+def test_energy_loss_scores_the_generator_samples():
+  head, params = _trained('energy')
+  h_Nx3, z_NxMx2 = _toy_batch(np.random.default_rng(2), (4,), m=3)
+
+  @jax.jit
+  def evaluate(key):
+    apply = functools.partial(head.apply, {'params': params})
+    return (apply(h_Nx3, key, head.num_samples, method='sample_many'),
+            apply(h_Nx3, z_NxMx2, key, method='loss'))
+
+  x_NxSx2, loss_N = evaluate(jax.random.key(3))
+  np.testing.assert_allclose(
+      loss_N, [_np_energy_score(x, y) for x, y in zip(np.asarray(x_NxSx2),
+                                                      z_NxMx2)],
+      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', sorted(heads.HEADS))
+def test_shapes_and_logical_axes(name):
+  n, m, z, d = 3, 2, 5, 7
+  head = heads.make_head(dict(name=name, hidden_dim=8, num_layers=1,
+                              guidance_scale=2.0), latent_dim=z)
+  h = jax.ShapeDtypeStruct((n, d), jnp.bfloat16)
+  targets = jax.ShapeDtypeStruct((n, m, z), jnp.bfloat16)
+  key = jax.eval_shape(jax.random.key, 0)
+  variables = jax.eval_shape(functools.partial(head.init, method='loss'),
+                             key, h, targets, key)
+  loss = jax.eval_shape(functools.partial(head.apply, method='loss'),
+                        variables, h, targets, key)
+  chex.assert_shape(loss, (n,))
+  assert loss.dtype == jnp.float32
+  temperature = jax.ShapeDtypeStruct((), jnp.float32)  # traced: unchecked
+  sample = jax.eval_shape(functools.partial(head.apply, method='sample'),
+                          variables, h, key, temperature)
+  chex.assert_shape(sample, (n, z))
+  names = jax.tree.leaves(nn.get_partition_spec(variables['params']))
+  assert {a for spec in names for a in spec} <= {'embed', 'mlp', 'latent',
+                                                 None}
+
+
+def test_sharded_loss_matches_unsharded():
+  head, params = _trained('diffusion')  # has every kind of trunk parameter
+  h_Nx3, z_NxMx2 = _toy_batch(np.random.default_rng(3), (16,))
+  key = jax.random.key(4)
+  boxed = jax.eval_shape(functools.partial(head.init, method='loss'),
+                         key, h_Nx3, z_NxMx2, key)['params']
+  mesh = sharding.make_mesh(dict(data=4, fsdp=1, tensor=2))
+  rules = sharding.logical_rules(
+      ('batch=data+fsdp', 'embed=fsdp', 'mlp=tensor', 'latent='))
+  sharded = jax.device_put(
+      params, sharding.logical_shardings(boxed, mesh, rules))
+  assert sharded['trunk']['cond']['kernel'].sharding.spec == (
+      jax.sharding.PartitionSpec('fsdp', 'tensor'))
+  loss = jax.jit(lambda p: head.apply({'params': p}, h_Nx3, z_NxMx2, key,
+                                      method='loss'))
+  with jax.set_mesh(mesh):
+    sharded_loss = loss(sharded)
+  np.testing.assert_allclose(sharded_loss, loss(params), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_unknown_head_suggests_a_name():
+  with pytest.raises(UserError, match="did you mean 'energy'"):
+    heads.make_head(dict(name='energi'), latent_dim=2)
+  with pytest.raises(UserError, match="did you mean 'gmm'"):
+    heads.default_head_config('gmn')
+
+
+def test_config_fields():
+  config = heads.default_head_config('diffusion')
+  assert set(config) == {'name', 'hidden_dim', 'num_layers', 'num_steps',
+                         'sample_steps', 'guidance_scale', 'cond_dropout'}
+  assert heads.default_head_config('energy').num_samples == 8
+  # Switching only the name keeps working: other heads' fields are ignored.
+  config = heads.default_head_config('energy')
+  config.name = 'flow'
+  head = heads.make_head(config, latent_dim=4)
+  assert isinstance(head, heads.FlowHead) and head.num_steps == 10
+  with pytest.raises(UserError, match="'num_layers'"):
+    heads.make_head(dict(name='mse', num_layer=2), latent_dim=2)
+  with pytest.raises(UserError, match='num_samples'):
+    heads.make_head(dict(name='energy', num_samples=1), latent_dim=2)
