@@ -13,16 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentlm import cli
+from latentlm import concept_generate
+from latentlm import reconstruction
 from latentlm import runs
 from latentlm.errors import UserError
 from latentlm.models import transformer
 
-flags.DEFINE_string('workdir', None, 'A trained run.')
-flags.DEFINE_string('prompt', '', 'Text to continue.')
-flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-flags.DEFINE_float('temperature', 0.8, 'Sampling temperature (> 0; 0 = greedy).')
-flags.DEFINE_float('top_p', 0.95, 'Nucleus sampling mass in (0, 1].')
-flags.DEFINE_integer('max_bytes', 400, 'Stop after about this many bytes.')
+DEFAULT_PROMPT = ''  # unconditional: the model starts a new document
 
 
 def check_sampling_args(temperature: float, top_p: float, max_bytes: int):
@@ -115,7 +112,23 @@ def generate_texts(run, prompt: str, num_samples: int, rng, **kwargs):
   """Samples for any task; the entry point train and the CLI share."""
   if run.config.task == 'token_lm':
     return token_lm_texts(run, prompt, num_samples, rng, **kwargs)
+  if run.config.task == 'autoencoder':  # a round trip: no sampling arguments
+    return reconstruction.autoencoder_texts(run, prompt, num_samples, rng)
+  if run.config.task == 'concept_lm':
+    kwargs.pop('top_p', None)  # a head has no nucleus to cut
+    return concept_generate.concept_lm_texts(run, prompt, num_samples, rng,
+                                             **kwargs)
   raise UserError(f'generation for task {run.config.task!r} is not available')
+
+
+def define_flags():
+  """Flags of this command, defined only when it runs as the program."""
+  flags.DEFINE_string('workdir', None, 'A trained run.')
+  flags.DEFINE_string('prompt', '', 'Text to continue.')
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_float('temperature', 0.8, 'Sampling temperature (> 0; 0 = greedy).')
+  flags.DEFINE_float('top_p', 0.95, 'Nucleus sampling mass in (0, 1].')
+  flags.DEFINE_integer('max_bytes', 400, 'Stop after about this many bytes.')
 
 
 def main(argv):
@@ -123,6 +136,9 @@ def main(argv):
   f = flags.FLAGS
   check_sampling_args(f.temperature, f.top_p, f.max_bytes)
   run = runs.load(f.workdir)
+  if run.config.task == 'autoencoder':  # the round trip replaces the prompt
+    print(generate_texts(run, f.prompt, 1, jax.random.key(f.seed))[0])
+    return
   sys.stdout.write(f.prompt)
   write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
   generate_texts(run, f.prompt, 1, jax.random.key(f.seed),
@@ -132,4 +148,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

@@ -7,6 +7,8 @@ same data order, so the continued run's losses equal an uninterrupted run's.
 
 import contextlib
 import functools
+import json
+import os
 import time
 
 from absl import flags
@@ -22,9 +24,6 @@ from latentlm import tasks
 from latentlm import workdir as workdir_lib
 from latentlm.data import pipeline
 from latentlm.errors import UserError
-
-cli.define_config_flag()
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 
 
 def global_batch(local_batch, mesh):
@@ -47,10 +46,12 @@ def per_process_batch_size(config, mesh) -> int:
 
 
 def make_data(config, task, split, batch_size, *, seed, shuffle=True,
-              num_epochs=None):
+              num_epochs=None, source=None):
+  """The task's batches of `split` (or of `source`, a list of documents)."""
   return pipeline.make_iterator(
-      config.data, split=split, unit_fn=task.unit_fn,
-      unit_shape=task.unit_shape, row_len=task.row_len, batch_size=batch_size,
+      config.data, split=split, source=source, unit_fn=task.unit_fn,
+      unit_shape=task.unit_shape, row_len=task.row_len,
+      row_overlap=task.row_overlap, batch_size=batch_size,
       seed=seed, shuffle=shuffle, num_epochs=num_epochs,
       process_index=jax.process_index(), process_count=jax.process_count())
 
@@ -188,9 +189,93 @@ def train(config, workdir_path: str) -> dict:
   progress.close()
 
   # --- final save -------------------------------------------------------
+  if hasattr(task, 'finalize'):  # e.g. the autoencoder's latent statistics
+    state = task.finalize(trainer, state, functools.partial(
+        make_data, config, task, 'train', batch_size, seed=config.seed + 1))
+    ckpt.save(num_steps, state, train_data, force=True)
   ckpt.close()
   writer.close()
+  if is_lead:
+    write_samples(config, task, trainer, state, workdir)
   return eval_metrics
+
+
+def write_samples(config, task, trainer, state, workdir, num_samples=3):
+  """A few generations into samples.txt, so every run shows its output."""
+  from latentlm import generate  # pylint: disable=g-import-not-at-top
+  from latentlm import runs  # pylint: disable=g-import-not-at-top
+  run = runs.Run(config=config, task=task, trainer=trainer, state=state,
+                 step=int(state.step))
+  texts = generate.generate_texts(run, generate.DEFAULT_PROMPT, num_samples,
+                                  jax.random.key(config.seed))
+  body = '\n\n'.join(f'--- sample {i} (step {run.step})\n{t}'
+                      for i, t in enumerate(texts))
+  workdir_lib.write_atomic(workdir.samples_path, body + '\n')
+  return texts
+
+
+# ============================================================================
+# the two-stage pipeline
+# ============================================================================
+PIPELINE_STAGES = ('autoencoder', 'concept_lm')  # in order; config.stages.*
+
+
+def _finished_eval(config, workdir) -> dict | None:
+  """The final eval metrics of a finished run in `workdir`, else None."""
+  if not os.path.exists(workdir.samples_path):  # written last by train()
+    return None
+  for record in workdir_lib.read_metrics(workdir):
+    if record['step'] == config.train.num_steps and any(
+        k.startswith('eval/') for k in record):
+      return {k[len('eval/'):]: v for k, v in record.items()
+              if k.startswith('eval/')}
+  return None
+
+
+def train_pipeline(config, workdir_path: str) -> dict:
+  """Trains config.stages.autoencoder into DIR/autoencoder, then
+  config.stages.concept_lm on it into DIR/concept_lm; prints both stages'
+  eval metrics and samples. A finished stage is skipped, so rerunning the
+  command resumes the stage it was in.
+  """
+  from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
+  from latentlm import generate  # pylint: disable=g-import-not-at-top
+  from latentlm import runs  # pylint: disable=g-import-not-at-top
+  workdir = workdir_lib.Workdir(workdir_path)
+  workdir.check_compatible(config)
+  os.makedirs(workdir.path, exist_ok=True)
+  workdir_lib.write_atomic(workdir.config_path, config.to_json(indent=2) + '\n')
+  start = time.perf_counter()
+  summary = {}
+  for i, name in enumerate(PIPELINE_STAGES):
+    stage_config = config.stages[name].copy_and_resolve_references()
+    if name == 'concept_lm':
+      stage_config.autoencoder_workdir = os.path.join(workdir.path,
+                                                    'autoencoder')
+    stage_workdir = workdir_lib.Workdir(os.path.join(workdir.path, name))
+    eval_metrics = _finished_eval(stage_config, stage_workdir)
+    if eval_metrics is None:
+      print(f'stage {i + 1}/{len(PIPELINE_STAGES)}: {name} -> '
+            f'{stage_workdir.path}', flush=True)
+      eval_metrics = train(stage_config, stage_workdir.path)
+    else:
+      print(f'stage {i + 1}/{len(PIPELINE_STAGES)}: {name} already trained '
+            f'in {stage_workdir.path}', flush=True)
+    summary.update({f'{name}/{k}': v for k, v in eval_metrics.items()})
+
+  run = runs.load(stage_workdir.path)
+  samples = config.samples
+  texts = generate.generate_texts(
+      run, samples.prompt, samples.num_samples, jax.random.key(config.seed),
+      temperature=samples.temperature, max_bytes=samples.max_bytes)
+  for i, text in enumerate(texts):
+    print(f'--- sample {i}\n{samples.prompt}{text}\n', flush=True)
+  vocabulary = concept_generate.training_vocabulary(run.config.data)
+  summary['word_vocabulary_fraction'] = concept_generate.vocabulary_fraction(
+      texts, vocabulary)
+  summary['minutes'] = (time.perf_counter() - start) / 60
+  print(json.dumps(summary), flush=True)
+  return summary
 
 
 def _stack(metrics_list):
@@ -202,13 +287,23 @@ def _progress_bar(config, start_step, num_steps, enabled):
   import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm.tqdm(total=num_steps, initial=start_step, unit='step',
                    disable=not (enabled and config.train.progress_bar),
-                   dynamic_ncols=True, desc='train')
+                   dynamic_ncols=True, desc=config.task)
+
+
+def define_flags():
+  """Flags of this command, defined only when it runs as the program."""
+  cli.define_config_flag()
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 
 
 def main(argv):
   del argv
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  if flags.FLAGS.config.task == 'pipeline':
+    train_pipeline(flags.FLAGS.config, flags.FLAGS.workdir)
+  else:
+    train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

@@ -33,8 +33,8 @@ def tiny_token_lm(data_dir: str, **train):
 
 def run_module(module: str, *args: str, env=None, timeout=300):
   """Runs `python -m latentlm.MODULE ARGS` in a fresh process on 1 CPU device."""
-  full_env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='',
-                  **(env or {}))
+  full_env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  full_env.update(env or {})
   return subprocess.run([sys.executable, '-m', f'latentlm.{module}', *args],
                         capture_output=True, text=True, timeout=timeout,
                         env=full_env, cwd=REPO)

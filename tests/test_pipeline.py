@@ -31,9 +31,9 @@ def chunk_units(tokens_N):
 
 
 def reference_stream(data_config, split):
-  """The split's documents as byte ids, each followed by EOS, in order."""
+  """The split's documents as byte ids, each led by EOS, in order."""
   return np.concatenate([
-      np.append(np.frombuffer(text, np.uint8), EOS)
+      np.insert(np.frombuffer(text, np.uint8).astype(np.int32), 0, EOS)
       for text in corpus.split_texts(data_config, split)]).astype(np.int32)
 
 
@@ -45,6 +45,31 @@ def batches(data_config, *, split='validation', unit_fn=pipeline.token_unit_fn,
       row_len=row_len, batch_size=batch_size, seed=seed, shuffle=shuffle,
       num_epochs=num_epochs, **kwargs)
   return [b['tokens'] for _, b in zip(range(max_batches or 10**9), iterator)]
+
+
+def test_overlapping_rows_make_every_token_a_target_once(shakespeare):
+  out = batches(shakespeare, row_overlap=1)
+  rows = np.concatenate(out)
+  np.testing.assert_array_equal(rows[1:, 0], rows[:-1, -1])
+  targets = rows[:, 1:].reshape(-1)
+  expected = reference_stream(shakespeare, 'validation')
+  np.testing.assert_array_equal(targets[:len(expected) - 1], expected[1:])
+  assert np.all(targets[len(expected) - 1:] == PAD)
+
+
+def test_overlap_state_restores_exactly(shakespeare):
+  first = pipeline.make_iterator(
+      shakespeare, split='validation', unit_fn=pipeline.token_unit_fn,
+      row_len=33, batch_size=4, seed=1, row_overlap=1)
+  for _ in range(5):
+    next(first)
+  restored = pipeline.make_iterator(
+      shakespeare, split='validation', unit_fn=pipeline.token_unit_fn,
+      row_len=33, batch_size=4, seed=1, row_overlap=1)
+  restored.set_state(first.get_state())
+  for _ in range(3):
+    np.testing.assert_array_equal(next(restored)['tokens'],
+                                  next(first)['tokens'])
 
 
 def test_one_epoch_is_the_split_once_then_padding(shakespeare):
@@ -64,7 +89,8 @@ def test_chunk_units_are_packed_whole(shakespeare):
   chex.assert_shape(out, (8, 9, K))
   units = np.concatenate(out).reshape(-1, K)
   expected = np.concatenate([
-      chunk_units(np.append(np.frombuffer(text, np.uint8), EOS))
+      chunk_units(np.insert(np.frombuffer(text, np.uint8).astype(np.int32),
+                            0, EOS))
       for text in corpus.split_texts(shakespeare, 'validation')])
   np.testing.assert_array_equal(units[:len(expected)], expected)
   assert np.all(units[len(expected):] == PAD)
@@ -101,10 +127,10 @@ def test_each_epoch_is_shuffled_anew(tmp_path, monkeypatch):
   data_config.update(name='files', files=str(tmp_path / '*.txt'),
                      data_dir=str(tmp_path / 'tfds'))
   monkeypatch.setattr(pipeline, 'ROW_SHUFFLE_WINDOW', 1)  # Rows in order.
-  # One document per row: 7 letters and EOS.
+  # One document per row: EOS and 7 letters.
   rows = np.concatenate(batches(data_config, split='train', row_len=8,
                                 batch_size=1, shuffle=True, num_epochs=2))
-  order = [chr(r[0]) for r in rows]
+  order = [chr(r[1]) for r in rows]
   documents = sorted(chr(t[0]) for t in corpus.split_texts(data_config,
                                                            'train'))
   epoch_1, epoch_2 = order[:len(documents)], order[len(documents):]
@@ -161,7 +187,8 @@ def test_processes_read_their_own_documents(shakespeare, monkeypatch):
   for i in range(2):
     stream = np.concatenate(batches(shakespeare, process_index=i,
                                     process_count=2)).reshape(-1)
-    expected = np.append(np.frombuffer(texts[i], np.uint8), EOS)
+    expected = np.insert(np.frombuffer(texts[i], np.uint8).astype(np.int32),
+                         0, EOS)
     np.testing.assert_array_equal(stream[:len(expected)], expected)
     assert np.all(stream[len(expected):] == PAD)
 

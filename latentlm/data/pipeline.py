@@ -53,7 +53,10 @@ def token_unit_fn(tokens_N: np.ndarray) -> np.ndarray:
 
 
 def _document_units(document, *, tokenizer, unit_fn, unit_shape):
-  tokens_N = np.append(tokenizer.encode(document['text']), tokenizer.eos_id)
+  # EOS leads each document, so its first token has context to be predicted
+  # from and every byte of a text is scored once.
+  tokens_N = np.concatenate([[tokenizer.eos_id],
+                             tokenizer.encode(document['text'])])
   units = np.asarray(unit_fn(tokens_N), np.int32)
   if units.shape[1:] != unit_shape:
     raise ValueError(f'unit_fn returned units of shape {units.shape[1:]}, '
@@ -64,14 +67,22 @@ def _document_units(document, *, tokenizer, unit_fn, unit_shape):
 class _PackIterator(grain.DatasetIterator):
   """Concatenates documents' units and cuts them into rows of `row_len`.
 
-  Its state is the parent's state before the current document, the units of
-  that document already used, and the rows made so far: restoring re-reads
-  one document instead of saving units.
+  Consecutive rows share `overlap` units (the last of one row starts the
+  next), so that with inputs row[:-1] and targets row[1:] every unit is a
+  target exactly once. Its state is the parent's state before the current
+  document, the units of that document already used, the overlap carried
+  into the next row, and the rows made so far: restoring re-reads one
+  document instead of saving units.
   """
 
-  def __init__(self, parent, *, row_len, pad_unit, shard, pad_multiple):
+  def __init__(self, parent, *, row_len, pad_unit, shard, pad_multiple,
+               overlap=0):
     super().__init__(parent)
+    if not 0 <= overlap < row_len:
+      raise ValueError(f'overlap={overlap} must be in [0, row_len={row_len})')
     self._row_len = row_len
+    self._overlap = overlap
+    self._carry = pad_unit[None][:0]  # The units the next row starts with.
     self._pad_unit = pad_unit
     self._shard_index, self._shard_count = shard
     self._pad_multiple = pad_multiple
@@ -91,7 +102,9 @@ class _PackIterator(grain.DatasetIterator):
 
   def _next_row_parts(self) -> list[np.ndarray]:
     """Views of the units of the next row, PAD-filled at the end."""
-    parts, missing = [], self._row_len
+    parts = [self._carry] if len(self._carry) else []
+    missing = self._row_len - len(self._carry)
+    fresh = missing
     while missing:
       if self._units is None or self._position == len(self._units):
         if not self._next_document():
@@ -103,11 +116,16 @@ class _PackIterator(grain.DatasetIterator):
     if missing:
       # The data ended: pad the last row, then add rows up to the multiple.
       if self._pad_multiple is None or (
-          missing == self._row_len and self._rows % self._pad_multiple == 0):
+          missing == fresh and self._rows % self._pad_multiple == 0):
         raise StopIteration
+      if missing == fresh:  # Only whole PAD rows are left to add.
+        parts = []
+        missing = self._row_len
       parts.append(np.broadcast_to(self._pad_unit,
                                    (missing, *self._pad_unit.shape)))
     self._rows += 1
+    if self._overlap:
+      self._carry = np.concatenate(parts)[-self._overlap:]
     return parts
 
   def __next__(self) -> np.ndarray:
@@ -118,13 +136,16 @@ class _PackIterator(grain.DatasetIterator):
 
   def get_state(self):
     return dict(document_state=copy.deepcopy(self._document_state),
-                position=self._position, rows=self._rows)
+                position=self._position, rows=self._rows,
+                carry=self._carry.tolist())
 
   def set_state(self, state):
     self._parent.set_state(state['document_state'])
     self._next_document()
     self._position = state['position']
     self._rows = state['rows']
+    self._carry = np.asarray(state['carry'], np.int32).reshape(
+        -1, *self._pad_unit.shape)
 
 
 class _WindowShuffleIterator(grain.DatasetIterator):
@@ -192,15 +213,19 @@ def _as_batch(tokens):
 def make_iterator(data_config, *, split: str, unit_fn, unit_shape=(),
                   row_len: int, batch_size: int, seed: int,
                   shuffle: bool = True, num_epochs: int | None = None,
-                  process_index: int = 0, process_count: int = 1):
+                  process_index: int = 0, process_count: int = 1,
+                  source=None, row_overlap: int = 0):
   """A checkpointable iterator of {'tokens': int32[batch_size, row_len,
   *unit_shape]} batches of this process's share of `split`.
 
   `num_epochs=None` repeats forever; see the module doc for order, sharding
-  and padding.
+  and padding. `source` (a sequence of {'text': bytes} documents) replaces
+  the corpus split, e.g. for scoring one text file. Consecutive rows share
+  `row_overlap` units, so next-unit prediction scores every unit once.
   """
   tokenizer = tokenizers.get_tokenizer(data_config)
-  source = corpus.load_split(data_config, split)
+  if source is None:
+    source = corpus.load_split(data_config, split)
   unit_shape = tuple(unit_shape)
   document_seed, row_seed = np.random.SeedSequence(seed).generate_state(2)
 
@@ -218,7 +243,7 @@ def make_iterator(data_config, *, split: str, unit_fn, unit_shape=(),
   rows = _IterDataset(
       units.to_iter_dataset(_READ_OPTIONS), _PackIterator, row_len=row_len,
       pad_unit=np.full(unit_shape, tokenizer.pad_id, np.int32),
-      shard=row_shard,
+      shard=row_shard, overlap=row_overlap,
       pad_multiple=None if num_epochs is None else batch_size * row_shard[1])
   if shuffle:
     rows = _IterDataset(rows, _WindowShuffleIterator,

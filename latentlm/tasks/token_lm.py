@@ -1,8 +1,11 @@
 """Token LM task: next-token cross-entropy; the baseline for concept models.
 
 A Task tells the data pipeline what a unit of a row is (`unit_fn`,
-`unit_shape`, `row_len`), initialises parameters (`init`), and defines the
-loss (`loss`). Every task has this shape; train.py knows nothing else.
+`unit_shape`, `row_len`, and `row_overlap`: units shared by consecutive rows,
+1 for next-unit prediction so every unit is a target once), initialises
+parameters (`init`), and defines the loss (`loss`, whose metrics include
+`num_bytes`, the weight of a batch in evaluation). Every task has this
+shape; train.py knows nothing else.
 """
 
 import math
@@ -48,6 +51,7 @@ class Task:
         config.model, vocab_size=self.tokenizer.vocab_size)
     self.model = token_lm.TokenLM(self.model_config)
     self.row_len = config.data.seq_len + 1
+    self.row_overlap = 1
     self.byte_lengths = np.asarray(self.tokenizer.token_byte_lengths(),
                                    np.float32)
 
