@@ -1,5 +1,8 @@
 """Orbax checkpoints of the train state together with the data iterator state."""
 
+import sys
+
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -40,19 +43,49 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state, data_iterator):
     """Restores into `abstract_state`'s shapes and shardings (any mesh)."""
-    try:
-      restored = self.manager.restore(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state),
-              data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    except (ValueError, KeyError, TypeError) as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
-      raise UserError(
-          f'checkpoint {step} in {self.manager.directory} does not match this '
-          f'config ({type(e).__name__}: {first_line[:200]}); use a new '
-          '--workdir') from None
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored.state, restored.data
+
+  def restore_latest(self, abstract_state, data_iterator):
+    """(step, state, data iterator) of the newest readable checkpoint, or None.
+
+    When the newest fails to read but an older one reads, the newest is
+    truncated or corrupted: it is reported in one line, moved aside to
+    `corrupt-STEP`, and the older one is used. When none reads, nothing is
+    moved: the checkpoints do not match this code or config.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
+      try:
+        state, data = self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append((step, e))
+        continue
+      for bad_step, error in failed:
+        self._set_aside(bad_step, error)
+      return step, state, data
+    if failed:
+      step, error = failed[0]
+      first_line = (str(error).strip().splitlines() or [''])[0][:200]
+      raise UserError(
+          f'no checkpoint in {self.manager.directory} can be restored for '
+          f'this config (step {step}: {type(error).__name__}: {first_line}); '
+          'use a new --workdir')
+    return None
+
+  def _set_aside(self, step: int, error: Exception):
+    directory = epath.Path(self.manager.directory)
+    target = directory / f'corrupt-{step}'
+    (directory / str(step)).rename(target)
+    self.manager.reload()
+    print(f'warning: checkpoint {step} is unreadable ({type(error).__name__});'
+          f' moved it to {target}; resuming from an earlier one',
+          file=sys.stderr)
 
   def restore_state(self, step: int, abstract_state):
     """Only the train state (evaluate, generate, stage-2 encoder loading)."""

@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.max_to_keep = 3
   c.train.progress_bar = True
+  # A non-finite loss or gradient stops the run; with True, such updates are
+  # skipped instead (counted in train/skipped_updates).
+  c.train.skip_nonfinite_updates = False
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-3

@@ -62,11 +62,13 @@ def _split_microbatches(batch, num_micro: int):
 
 def train_step(state: TrainState, batch, rng, *, loss_fn: Callable,
                optimizer: optax.GradientTransformation,
-               grad_accum_steps: int = 1):
+               grad_accum_steps: int = 1, skip_nonfinite: bool = False):
   """One optimizer update; returns (new_state, metrics).
 
   The rng is folded with the step, so a resumed run draws the same noise as an
   uninterrupted one. Gradient accumulation averages microbatch gradients.
+  With `skip_nonfinite`, an update whose loss or gradient is not finite is
+  dropped (the step counter still advances, so the data order is kept).
   """
   rng = jax.random.fold_in(rng, state.step)
 
@@ -96,6 +98,14 @@ def train_step(state: TrainState, batch, rng, *, loss_fn: Callable,
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics['grad_norm'] = optax.tree.norm(grads)
+  if skip_nonfinite:
+    # Keep the old params and optimizer state when this update is not finite.
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    params = keep(params, state.params)
+    opt_state = keep(opt_state, state.opt_state)
+    metrics['skipped_updates'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
   return new_state, metrics

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 import time
 
 from absl import flags
@@ -18,6 +19,8 @@ import numpy as np
 
 from latentlm import checkpoint
 from latentlm import cli
+from latentlm import distributed
+from latentlm import reliability
 from latentlm import sharding
 from latentlm import step as step_lib
 from latentlm import tasks
@@ -81,7 +84,8 @@ class Trainer:
     self._train_step = jax.jit(
         functools.partial(step_lib.train_step, loss_fn=task.loss,
                           optimizer=self.optimizer,
-                          grad_accum_steps=config.train.grad_accum_steps),
+                          grad_accum_steps=config.train.grad_accum_steps,
+                          skip_nonfinite=config.train.skip_nonfinite_updates),
         in_shardings=(self.state_shardings, None, replicated),
         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
     self._eval_step = jax.jit(
@@ -106,10 +110,12 @@ class Trainer:
   def evaluate(self, state, iterator, max_batches: int) -> dict:
     """Metric means over up to `max_batches`, weighted by targets per batch."""
     totals, weight = {}, 0.0
+    pad_id = self.task.tokenizer.pad_id  # all-PAD rows weigh nothing
+    pad_like = lambda batch: jax.tree.map(
+        lambda x: np.full_like(x, pad_id), batch)
     with self.context():
-      for i, batch in enumerate(iterator):
-        if i >= max_batches:
-          break
+      for batch in distributed.lockstep(iter(iterator), max_batches,
+                                        pad_like):
         metrics = jax.device_get(self._eval_step(
             state, global_batch(batch, self.mesh), self.rng))
         w = float(metrics.get('num_bytes', 1.0))
@@ -143,18 +149,20 @@ def train(config, workdir_path: str) -> dict:
 
   # --- init (eval_shape -> shardings -> jit) -----------------------------
   trainer = Trainer(config, task, mesh)
-  workdir.prepare(config)  # only now: every check above has passed
+  # Only now, every check above having passed, is the workdir touched.
+  lock = reliability.WorkdirLock(workdir.path,  # one live trainer per workdir
+                                 enabled=jax.process_index() == 0)
+  workdir.prepare(config)
   ckpt = checkpoint.Checkpointer(workdir.checkpoints,
                                  config.train.max_to_keep,
                                  config.train.checkpoint_every)
 
   # --- restore ------------------------------------------------------------
-  start_step = ckpt.latest_step()
-  if start_step is None:
+  restored = ckpt.restore_latest(trainer.abstract_state, train_data)
+  if restored is None:
     state, start_step = trainer.init_state(), 0
   else:
-    state, train_data = ckpt.restore(start_step, trainer.abstract_state,
-                                     train_data)
+    start_step, state, train_data = restored
   is_lead = jax.process_index() == 0
   writer = workdir_lib.MetricsWriter(workdir, start_step, enabled=is_lead)
 
@@ -162,40 +170,53 @@ def train(config, workdir_path: str) -> dict:
   num_steps = config.train.num_steps
   tokens_per_step = task.tokens_per_step()
   progress = _progress_bar(config, start_step, num_steps, is_lead)
+  stop = reliability.StopSignal()  # SIGTERM: save this step, exit cleanly
   eval_metrics, train_metrics = {}, []
-  last_time, last_step = time.perf_counter(), start_step
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = trainer.train_step(state, next(train_data))
-    train_metrics.append(metrics)
-    if step % config.train.log_every == 0 or step == num_steps:
-      logged = {f'train/{k}': float(np.mean(v)) for k, v in
-                jax.device_get(_stack(train_metrics)).items()}
-      now = time.perf_counter()
-      logged['train/tokens_per_s'] = (
-          tokens_per_step * (step - last_step) / (now - last_time))
-      last_time, last_step, train_metrics = now, step, []
-      writer.write(step, logged)
-      progress.set_postfix(loss=f"{logged['train/loss']:.4f}",
-                           tok_s=f"{logged['train/tokens_per_s']:.0f}")
-    if step % config.train.eval_every == 0 or step == num_steps:
-      eval_metrics = trainer.evaluate(state, make_eval_data(),
-                                      config.train.eval_batches)
-      writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-    if ckpt.should_save(step) or step == num_steps:
-      ckpt.save(step, state, train_data, force=step == num_steps)
-    progress.update(1)
-    if ckpt.reached_preemption(step):
-      break
-  progress.close()
+  last_time, last_step, step = time.perf_counter(), start_step, start_step
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = trainer.train_step(state, next(train_data))
+      train_metrics.append(metrics)
+      is_save_step = ckpt.should_save(step) or step == num_steps
+      if step % config.train.log_every == 0 or is_save_step:
+        logged = {f'train/{k}': float(np.mean(v)) for k, v in
+                  jax.device_get(_stack(train_metrics)).items()}
+        # Before anything is saved: a non-finite state never reaches a checkpoint.
+        reliability.check_finite(logged, step - len(train_metrics) + 1,
+                                 ckpt.latest_step(), config)
+        now = time.perf_counter()
+        logged['train/tokens_per_s'] = (
+            tokens_per_step * (step - last_step) / (now - last_time))
+        last_time, last_step, train_metrics = now, step, []
+        writer.write(step, logged)
+        progress.set_postfix(loss=f"{logged['train/loss']:.4f}",
+                             tok_s=f"{logged['train/tokens_per_s']:.0f}")
+      if step == num_steps and hasattr(task, 'finalize'):
+        # e.g. the autoencoder's latent statistics, saved with the last step
+        state = task.finalize(trainer, state, functools.partial(
+            make_data, config, task, 'train', batch_size, seed=config.seed + 1))
+      if step % config.train.eval_every == 0 or step == num_steps:
+        eval_metrics = trainer.evaluate(state, make_eval_data(),
+                                        config.train.eval_batches)
+        writer.write(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+      progress.update(1)
+      stopping = stop.requested or ckpt.reached_preemption(step)
+      if is_save_step or stopping:
+        ckpt.save(step, state, train_data, force=True)
+      if stopping:
+        break
+  finally:  # also on errors: pending async saves finish, the lock is freed
+    progress.close()
+    ckpt.close()
+    writer.close()
+    stop.restore()
+    lock.release()
 
   # --- final save -------------------------------------------------------
-  if hasattr(task, 'finalize'):  # e.g. the autoencoder's latent statistics
-    state = task.finalize(trainer, state, functools.partial(
-        make_data, config, task, 'train', batch_size, seed=config.seed + 1))
-    ckpt.save(num_steps, state, train_data, force=True)
-  ckpt.close()
-  writer.close()
-  if is_lead:
+  if step < num_steps:
+    print(f'stopped at step {step} by a signal; checkpoint saved, rerun the '
+          'same command to resume', file=sys.stderr)
+  elif is_lead:
     write_samples(config, task, trainer, state, workdir)
   return eval_metrics
 
@@ -294,10 +315,12 @@ def define_flags():
   """Flags of this command, defined only when it runs as the program."""
   cli.define_config_flag()
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+  distributed.define_flags()
 
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()  # before anything touches a device
   if flags.FLAGS.config.task == 'pipeline':
     train_pipeline(flags.FLAGS.config, flags.FLAGS.workdir)
   else:

@@ -1,4 +1,4 @@
-"""Transformer backbone and token LM: caching, masking, sharding, remat, RoPE, GQA."""
+"""Transformer and token LM: cache, masks, sharding, remat, RoPE, GQA."""
 
 import chex
 import flax.linen as nn
@@ -17,7 +17,7 @@ from latentlm.models.transformer import TransformerConfig
 
 def tiny_config(**overrides):
   fields = dict(d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
-                head_dim=8, mlp_dim=32, vocab_size=12, max_len=16)
+                head_dim=8, mlp_dim=32, vocab_size=11, max_len=16)
   return TransformerConfig(**{**fields, **overrides})
 
 
@@ -45,8 +45,8 @@ def init_params(module, *args, **kwargs):
 def test_from_config_reads_the_token_lm_config_and_rejects_bad_keys():
   from configs import token_lm  # pylint: disable=g-import-not-at-top
   model = token_lm.get_config('size=tiny').model
-  cfg = TransformerConfig.from_config(model, causal=False)
-  assert (cfg.d_model, cfg.num_layers, cfg.causal) == (128, 4, False)
+  cfg = TransformerConfig.from_config(model, num_layers=2, causal=False)
+  assert (cfg.d_model, cfg.num_layers, cfg.causal) == (128, 2, False)
   with pytest.raises(UserError, match="'num_layer'.*did you mean 'num_layers'"):
     TransformerConfig.from_config(model, num_layer=2)
   with pytest.raises(UserError, match="missing 'mlp_dim'"):
@@ -60,7 +60,9 @@ def test_from_config_reads_the_token_lm_config_and_rejects_bad_keys():
 
 def test_param_count_matches_the_architecture():
   cfg = tiny_config()
-  D, H, N, K, F, V = 16, 4, 2, 8, 32, 12
+  D, H, N, K, F = 16, 4, 2, 8, 32
+  V = 128  # vocab_size 11, padded so that the vocab axis shards evenly
+  assert cfg.padded_vocab_size == V
   per_layer = D * H * K + 2 * D * N * K + H * K * D + 3 * D * F + 2 * D
   expected = cfg.num_layers * per_layer + 2 * V * D + D
   tokens = random_tokens(cfg, 1, 4)
@@ -132,7 +134,7 @@ def test_bidirectional_attention_ignores_padding_only():
 # ----------------------------------------------------------------- sharding
 
 
-def test_sharded_forward_and_decode_match_one_device():
+def test_sharded_forward_and_prefill_match_one_device():
   assert len(jax.devices()) == 8
   cfg = tiny_config()
   model = TokenLM(cfg)
@@ -140,6 +142,7 @@ def test_sharded_forward_and_decode_match_one_device():
   apply = jax.jit(lambda p, t, c: model.apply({'params': p}, t, cache=c))
   params = jax.device_put(init_params(model, tokens_BxL), jax.devices()[0])
   expected, _ = apply(params, tokens_BxL, None)
+  assert expected.shape == (4, 8, cfg.vocab_size)
 
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   rules = sharding.logical_rules(config_lib.base_config().sharding.rules)
@@ -161,31 +164,39 @@ def test_sharded_forward_and_decode_match_one_device():
 # ----------------------------------------------------------------- remat
 
 
-# Each policy costs a gradient compile, so the Python loop checks only one.
-@pytest.mark.parametrize('scan_layers,policies', [(True, ('full', 'dots')),
-                                                  (False, ('dots',))])
-def test_remat_policies_give_the_same_loss_and_gradients(scan_layers, policies):
+def remat_loss_and_grad(scan_layers, policy, tokens_BxL):
+  model = TokenLM(tiny_config(scan_layers=scan_layers, remat_policy=policy))
+
+  def loss(params):
+    logits, _ = model.apply({'params': params}, tokens_BxL[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                         tokens_BxL[:, 1:, None], -1))
+
+  return jax.jit(jax.value_and_grad(loss))
+
+
+def test_remat_policies_give_the_same_loss_and_gradients():
+  # With scan only: each policy costs a gradient compile of seconds.
   tokens_BxL = random_tokens(tiny_config(), 2, 8)
-  params = init_params(TokenLM(tiny_config(scan_layers=scan_layers)),
-                       tokens_BxL)
+  params = init_params(TokenLM(tiny_config()), tokens_BxL)
+  results = {}
+  for policy in transformer.REMAT_POLICIES:
+    traced = remat_loss_and_grad(True, policy, tokens_BxL).trace(params)
+    assert ('remat' in str(traced.jaxpr)) == (policy != 'none')
+    results[policy] = traced.lower().compile()(params)
+  chex.assert_trees_all_close(results['full'], results['none'],
+                              atol=1e-6, rtol=1e-6)
+  chex.assert_trees_all_close(results['dots'], results['none'],
+                              atol=1e-6, rtol=1e-6)
 
-  def loss_and_grads(policy):
-    model = TokenLM(tiny_config(scan_layers=scan_layers, remat_policy=policy))
 
-    def loss(p):
-      logits, _ = model.apply({'params': p}, tokens_BxL[:, :-1])
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
-                                           tokens_BxL[:, 1:, None], -1))
-
-    grad_fn = jax.value_and_grad(loss)
-    uses_remat = 'remat' in str(jax.make_jaxpr(grad_fn)(params))
-    assert uses_remat == (policy != 'none')
-    return jax.jit(grad_fn)(params)
-
-  reference = loss_and_grads('none')
-  for policy in policies:
-    chex.assert_trees_all_close(loss_and_grads(policy), reference,
-                                atol=1e-6, rtol=1e-6)
+def test_remat_wraps_the_unscanned_layers_too():
+  tokens_BxL = random_tokens(tiny_config(), 2, 8)
+  params = init_params(TokenLM(tiny_config(scan_layers=False)), tokens_BxL)
+  for policy in transformer.REMAT_POLICIES:
+    jaxpr = remat_loss_and_grad(False, policy, tokens_BxL).trace(params).jaxpr
+    wrapped_layers = 0 if policy == 'none' else tiny_config().num_layers
+    assert str(jaxpr).count('remat') == wrapped_layers
 
 
 # ----------------------------------------------------------------- RoPE, GQA

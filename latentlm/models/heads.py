@@ -2,9 +2,9 @@
 
 Every head is a Linen module used through `module.apply(..., method=...)`:
 
-  loss(h_NxD, z_NxMxZ, rng) -> loss_N    float32 per-position loss against M >= 1
-                                          target samples (heads that score one
-                                          target average over M)
+  loss(h_NxD, z_NxMxZ, rng) -> loss_N   float32 per-position loss against
+                                         M >= 1 target samples (heads that
+                                         score one target average over M)
   sample(h_NxD, rng, temperature) -> z_NxZ
 
 Initialise with `method='loss'`: it creates every parameter `sample` uses.
@@ -17,8 +17,8 @@ head; a traced temperature is not checked.
 
 Heads compute in float32 whatever the backbone's dtype: they are small, and
 their losses and likelihoods need the precision. Params carry logical axis
-names: 'embed' for h's dim, 'mlp' for hidden dims (each kernel shards one of its
-dims, Megatron style: the residual stream stays whole), 'latent' for Z dims.
+names: 'embed' for h's dim, 'mlp' for hidden dims (each kernel shards one dim,
+Megatron style, so the residual stream stays whole), 'latent' for Z dims.
 """
 
 import math
@@ -51,7 +51,8 @@ def _dense(features, in_axis, out_axis, kernel_init=None, bias_init=None,
   bias_init = bias_init or nn.initializers.zeros_init()
   return nn.Dense(
       features, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, (in_axis, out_axis)),
+      kernel_init=nn.with_logical_partitioning(kernel_init,
+                                               (in_axis, out_axis)),
       bias_init=nn.with_logical_partitioning(bias_init, (out_axis,)))
 
 
@@ -105,6 +106,7 @@ class _Trunk(nn.Module):
 
   @nn.compact
   def __call__(self, h_NxD, x_NxI=None, t_N=None, drop_N=None):
+    h_NxD = h_NxD.astype(jnp.float32)
     c_NxH = _dense(self.hidden_dim, 'embed', 'mlp', name='cond')(h_NxD)
     if drop_N is not None:
       # Classifier-free guidance: a learned "no condition" stands in for h.
@@ -120,7 +122,7 @@ class _Trunk(nn.Module):
       x_NxH = c_NxH
     else:
       x_NxH = _dense(self.hidden_dim, self.input_axis, 'mlp', name='input')(
-          x_NxI)
+          x_NxI.astype(jnp.float32))
     for i in range(self.num_layers):
       x_NxH = _Block(self.hidden_dim, name=f'block_{i}')(x_NxH, c_NxH)
     shift, scale = _modulation(c_NxH, 2, 'final_modulation')
@@ -144,26 +146,27 @@ def _loop(module, step_fn, x, num_steps):
   return nn.while_loop(lambda mdl, c: c[0] < num_steps, body, module, carry)[1]
 
 
-def _f32(*xs):
-  return [x.astype(jnp.float32) for x in xs]
-
-
-class MSEHead(nn.Module):
-  """Regresses the next vector (Base-LCM): the mean of the targets.
-
-  `sample` returns the prediction: there is no distribution, so rng and
-  temperature are unused.
-  """
+class _Head(nn.Module):
+  """Fields every head has; the default network is a trunk and a Z output."""
   latent_dim: int
   hidden_dim: int
   num_layers: int
+  trunk_input = 'latent'  # logical name of the trunk's input x dim
 
   def setup(self):
-    self.trunk = _Trunk(self.hidden_dim, self.num_layers)
+    self.trunk = _Trunk(self.hidden_dim, self.num_layers, self.trunk_input)
     self.out = _dense(self.latent_dim, 'mlp', 'latent')
 
+
+class MSEHead(_Head):
+  """Regresses the next vector (Base-LCM): the mean of the targets.
+
+  The loss is the squared error averaged over Z and M. `sample` returns the
+  prediction: there is no distribution, so rng and temperature are unused.
+  """
+
   def predict(self, h_NxD):
-    return self.out(self.trunk(*_f32(h_NxD)))
+    return self.out(self.trunk(h_NxD))
 
   def loss(self, h_NxD, z_NxMxZ, rng):
     del rng
@@ -200,30 +203,23 @@ def energy_score(x_NxSxZ, y_NxMxZ):
   return fit_N - 0.5 * spread_N
 
 
-class EnergyHead(nn.Module):
+class EnergyHead(_Head):
   """CALM's energy head: a generator maps (h, noise) to a sample in one step.
 
   Noise is uniform in [-1/2, 1/2]^noise_dim as in CALM. Temperature scales the
-  noise: a heuristic, since the generator need not map smaller noise to a
-  sharper distribution (it does tend to, and 0 gives one deterministic vector).
+  noise: a heuristic, since nothing trains the generator to map smaller noise
+  to a sharper distribution; 0 gives one deterministic vector per h.
   """
-  latent_dim: int
-  hidden_dim: int
-  num_layers: int
   num_samples: int = 8
   noise_dim: int = 64
-
-  def setup(self):
-    self.trunk = _Trunk(self.hidden_dim, self.num_layers, input_axis=None)
-    self.out = _dense(self.latent_dim, 'mlp', 'latent')
+  trunk_input = None  # noise
 
   def sample_many(self, h_NxD, rng, num_samples, temperature=1.0):
     """num_samples independent samples per position: N x S x Z."""
     noise_NxSxE = temperature * jax.random.uniform(
         rng, (h_NxD.shape[0], num_samples, self.noise_dim),
         minval=-0.5, maxval=0.5)
-    h_Nx1xD, = _f32(h_NxD[:, None])
-    return self.out(self.trunk(h_Nx1xD, noise_NxSxE))
+    return self.out(self.trunk(h_NxD[:, None], noise_NxSxE))
 
   def loss(self, h_NxD, z_NxMxZ, rng):
     x_NxSxZ = self.sample_many(h_NxD, rng, self.num_samples)
@@ -234,27 +230,20 @@ class EnergyHead(nn.Module):
     return self.sample_many(h_NxD, rng, 1, temperature)[:, 0]
 
 
-class FlowHead(nn.Module):
+class FlowHead(_Head):
   """Conditional flow matching on the linear path (rectified flow).
 
   x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I) and x1 the target; the network
   regresses the velocity x1 - x0. Sampling integrates it with num_steps Euler
   steps from t=0; temperature scales the initial noise.
   """
-  latent_dim: int
-  hidden_dim: int
-  num_layers: int
   num_steps: int = 10
-
-  def setup(self):
-    self.trunk = _Trunk(self.hidden_dim, self.num_layers)
-    self.out = _dense(self.latent_dim, 'mlp', 'latent')
 
   def velocity(self, x_NxZ, h_NxD, t_N):
     return self.out(self.trunk(h_NxD, x_NxZ, t_N))
 
   def loss(self, h_NxD, z_NxMxZ, rng):
-    h_NxD, x1_NxMxZ = _f32(h_NxD, z_NxMxZ)
+    x1_NxMxZ = z_NxMxZ.astype(jnp.float32)
     t_rng, noise_rng = jax.random.split(rng)
     t_NxM = jax.random.uniform(t_rng, x1_NxMxZ.shape[:2])
     x0_NxMxZ = jax.random.normal(noise_rng, x1_NxMxZ.shape)
@@ -264,7 +253,6 @@ class FlowHead(nn.Module):
 
   def sample(self, h_NxD, rng, temperature=1.0):
     _check_temperature(temperature)
-    h_NxD, = _f32(h_NxD)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
     dt = 1.0 / self.num_steps
@@ -281,7 +269,7 @@ def cosine_alpha_bar(t):
   return jnp.clip(f(t) / f(0.0), 0.0, 1.0)
 
 
-class DiffusionHead(nn.Module):
+class DiffusionHead(_Head):
   """x0-prediction diffusion (LCM, MAR) with DDIM sampling and CFG.
 
   Trains on num_steps discrete timesteps of a cosine schedule, dropping h to a
@@ -290,23 +278,16 @@ class DiffusionHead(nn.Module):
   uncond + guidance_scale * (cond - uncond); temperature scales the initial
   noise.
   """
-  latent_dim: int
-  hidden_dim: int
-  num_layers: int
   num_steps: int = 1000
   sample_steps: int = 40
   guidance_scale: float = 1.0
   cond_dropout: float = 0.1
 
-  def setup(self):
-    self.trunk = _Trunk(self.hidden_dim, self.num_layers)
-    self.out = _dense(self.latent_dim, 'mlp', 'latent')
-
   def denoise(self, x_NxZ, h_NxD, t_N, drop_N):
     return self.out(self.trunk(h_NxD, x_NxZ, t_N, drop_N))
 
   def loss(self, h_NxD, z_NxMxZ, rng):
-    h_NxD, x0_NxMxZ = _f32(h_NxD, z_NxMxZ)
+    x0_NxMxZ = z_NxMxZ.astype(jnp.float32)
     t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
     shape_NxM = x0_NxMxZ.shape[:2]
     t_NxM = jax.random.randint(
@@ -321,7 +302,6 @@ class DiffusionHead(nn.Module):
 
   def sample(self, h_NxD, rng, temperature=1.0):
     _check_temperature(temperature)
-    h_NxD, = _f32(h_NxD)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
 
@@ -339,7 +319,7 @@ class DiffusionHead(nn.Module):
     return _loop(self, ddim, x_NxZ, self.sample_steps)
 
 
-class GMMHead(nn.Module):
+class GMMHead(_Head):
   """Mixture of diagonal Gaussians (GIVT) with an exact likelihood in nats.
 
   The output kernels start at zero (GIVT), so every position starts from the
@@ -348,9 +328,6 @@ class GMMHead(nn.Module):
   mixture logits and multiplies the stds; T=0 returns the most likely
   component's mean.
   """
-  latent_dim: int
-  hidden_dim: int
-  num_layers: int
   num_components: int = 8
   min_std: float = 1e-3
 
@@ -365,7 +342,7 @@ class GMMHead(nn.Module):
 
   def mixture(self, h_NxD):
     """(log weights N x K, means N x K x Z, stds N x K x Z)."""
-    y_NxH = self.trunk(*_f32(h_NxD))
+    y_NxH = self.trunk(h_NxD)
     shape_NxKxZ = (h_NxD.shape[0], self.num_components, self.latent_dim)
     log_weights_NxK = jax.nn.log_softmax(self.logits_out(y_NxH))
     mean_NxKxZ = self.mean_out(y_NxH).reshape(shape_NxKxZ)

@@ -1,4 +1,4 @@
-"""Pre-norm transformer backbone: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+"""Pre-norm transformer: RMSNorm, RoPE, grouped-query attention, SwiGLU.
 
 One stack serves the token LM, the concept encoder (bidirectional, with a key
 padding mask) and the concept autoregressor (causal, KV-cached decoding).
@@ -25,6 +25,9 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 DTYPES = ('float32', 'bfloat16')
+# Vocab-sized params are padded to a multiple of this, so that the vocab axis
+# splits evenly over the mesh (259 bytes do not split over tensor=2).
+VOCAB_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,10 @@ class TransformerConfig:
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
 
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
 
 @flax.struct.dataclass
 class KVCache:
@@ -82,8 +89,8 @@ class KVCache:
   index: jax.Array  # int32 scalar
 
 
-def init_cache(cfg: TransformerConfig, batch_size: int, max_len: int | None = None,
-               dtype=None) -> KVCache:
+def init_cache(cfg: TransformerConfig, batch_size: int,
+               max_len: int | None = None, dtype=None) -> KVCache:
   """An empty cache; decoding past `max_len` positions is not checked."""
   shape = (cfg.num_layers, batch_size, max_len or cfg.max_len,
            cfg.num_kv_heads, cfg.head_dim)
@@ -224,12 +231,12 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, kv, index, mask_BxL):
-    cfg = self.cfg
+    cfg, dtype = self.cfg, self.cfg.compute_dtype
     axes = ('batch', 'seq', 'act_embed')
-    h_BxLxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, name='attn_norm')(x_BxLxD)
+    h_BxLxD = RMSNorm(cfg.norm_eps, dtype, name='attn_norm')(x_BxLxD)
     h_BxLxD, kv = Attention(cfg, name='attn')(h_BxLxD, index, mask_BxL, kv)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD + h_BxLxD, axes)
-    h_BxLxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, name='mlp_norm')(x_BxLxD)
+    h_BxLxD = RMSNorm(cfg.norm_eps, dtype, name='mlp_norm')(x_BxLxD)
     x_BxLxD = nn.with_logical_constraint(
         x_BxLxD + Mlp(cfg, name='mlp')(h_BxLxD), axes)
     return x_BxLxD, kv
