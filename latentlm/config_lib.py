@@ -135,3 +135,19 @@ def load_config_file(argv) -> ml_collections.ConfigDict | None:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+POSITIVE_FIELDS = (
+    'train.num_steps', 'train.batch_size', 'train.grad_accum_steps',
+    'train.log_every', 'train.eval_every', 'train.eval_batches',
+    'train.checkpoint_every', 'train.max_to_keep', 'data.seq_len')
+
+
+def check_positive(config: ml_collections.ConfigDict):
+  """Counts and lengths must be positive: a one-line error, not a crash."""
+  for path in POSITIVE_FIELDS:
+    node = config
+    for key in path.split('.'):
+      node = node[key]
+    if node <= 0:
+      raise UserError(f'config.{path}={node} must be positive')

@@ -91,6 +91,10 @@ def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,
   """Samples continuations of `prompt`; `on_text` receives sample 0's pieces."""
   tokenizer = run.task.tokenizer
   prompt_ids = np.concatenate([[tokenizer.eos_id], tokenizer.encode(prompt)])
+  context = run.task.model_config.max_len
+  if len(prompt_ids) > context:
+    raise UserError(f'the prompt is {len(prompt_ids)} tokens but the model\'s '
+                    f'context is {context}; shorten --prompt')
   prompt_BxL = np.tile(prompt_ids.astype(np.int32), (num_samples, 1))
   sampler = TokenSampler(run.task, run.state.params)
   outputs = [[] for _ in range(num_samples)]

@@ -19,6 +19,7 @@ import numpy as np
 
 from latentlm import checkpoint
 from latentlm import cli
+from latentlm import config_lib
 from latentlm import distributed
 from latentlm import reliability
 from latentlm import sharding
@@ -133,6 +134,7 @@ class Trainer:
 def train(config, workdir_path: str) -> dict:
   """Trains `config` in `workdir_path`; returns the last eval metrics."""
   # --- config -----------------------------------------------------------
+  config_lib.check_positive(config)
   workdir = workdir_lib.Workdir(workdir_path)
   workdir.check_compatible(config)
   task = tasks.get_task(config)
@@ -262,6 +264,7 @@ def train_pipeline(config, workdir_path: str) -> dict:
   from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
   from latentlm import generate  # pylint: disable=g-import-not-at-top
   from latentlm import runs  # pylint: disable=g-import-not-at-top
+  config_lib.check_positive(config)
   workdir = workdir_lib.Workdir(workdir_path)
   workdir.check_compatible(config)
   os.makedirs(workdir.path, exist_ok=True)

@@ -190,6 +190,12 @@ class LatentlmFiles(_LocalBuilder):
       yield f'{path}:{start}', dict(text=data[start:end], title=path)
 
 
+def _check_not_binary(path: str, data: bytes):
+  if b'\x00' in data:  # text never holds NUL; images and archives do
+    raise UserError(f'{path} looks binary (it contains NUL bytes); give text '
+                    'files')
+
+
 def read_text_file(path: str, warn: bool = True) -> bytes:
   """A user's text file as bytes; invalid UTF-8 is kept, with one warning."""
   try:
@@ -198,6 +204,7 @@ def read_text_file(path: str, warn: bool = True) -> bytes:
     raise UserError(f'text file {path!r} does not exist') from None
   except IsADirectoryError:
     raise UserError(f'{path!r} is a directory, not a text file') from None
+  _check_not_binary(path, data)
   if warn:
     try:
       data.decode('utf-8')
@@ -220,6 +227,9 @@ def _matched_files(pattern: str) -> list[str]:
   non_empty = [p for p in files if os.path.getsize(p) > 0]
   if not non_empty:
     raise UserError(f'data.files={pattern!r} matches only empty files')
+  for path in non_empty:  # before building: fail fast, build nothing
+    with open(path, 'rb') as f:
+      _check_not_binary(path, f.read(1 << 16))
   return non_empty
 
 
