@@ -20,7 +20,10 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int, save_every: int):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=max(save_every, 1),
-        create=True, enable_async_checkpointing=True)
+        create=True, enable_async_checkpointing=True,
+        # A killed run leaves a partial step in a temp dir; the workdir lock
+        # guarantees no live writer owns it, so it can go.
+        cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 
+import chex
 import numpy as np
 import pytest
 
 import helpers
 from latentlm import reliability
+from latentlm import runs
 from latentlm.errors import UserError
 
 
@@ -161,3 +163,42 @@ def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
   holder.kill()
   holder.wait()
   reliability.WorkdirLock(str(tmp_path)).release()  # no error
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
+    reference, data_dir, tmp_path):
+  """Kills during steps, async checkpoint writes and evals; nothing is lost."""
+  workdir = tmp_path / 'killed'
+  flags = _flags(data_dir, 12, **{'train.eval_every': 3,
+                                  'train.checkpoint_every': 2})
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  rng = np.random.default_rng(0)
+  metrics = workdir / 'metrics.jsonl'
+  for _ in range(3):
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'latentlm.train', *flags,
+         f'--workdir={workdir}'], cwd=helpers.REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines_before = (len(metrics.read_text().splitlines())
+                    if metrics.exists() else 0)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+      if metrics.exists() and len(metrics.read_text().splitlines()) > (
+          lines_before):
+        break
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0, 0.5))  # land anywhere: a step, a save, an eval
+    process.kill()
+    process.wait()
+  result = helpers.run_module('train', *flags, f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  records = _records(workdir)
+  train_steps = [r['step'] for r in records if 'train/loss' in r]
+  assert train_steps == list(range(1, 13))  # none missing, none twice
+  eval_steps = [r['step'] for r in records if 'eval/loss' in r]
+  assert eval_steps == sorted(set(eval_steps))
+  resumed, full = _losses(workdir), _losses(reference)
+  np.testing.assert_allclose([resumed[s] for s in range(1, 13)],
+                             [full[s] for s in range(1, 13)], rtol=1e-6)
+  chex.assert_trees_all_equal(runs.load(str(workdir)).state.params,
+                              runs.load(reference).state.params)
