@@ -1,6 +1,10 @@
-"""Train throughput and MFU, in one process.
+"""Train throughput and MFU; generation speed of concept vs token LMs.
 
   python -m latentlm.bench train --config=configs/token_lm.py:size=small [--steps=N]
+  python -m latentlm.bench generate --config=configs/shakespeare.py
+
+`generate` (bench_generate) times KV-cached sampling of the concept LM and of
+the token LM with the same backbone, and prints one JSON object.
 
 Measures (a) the peak: a jitted float32 matmul on CPU, the chip table on TPU;
 (b) the real train step of the config on the default devices: median step
@@ -10,65 +14,56 @@ a short table, then, as the last stdout line, one JSON object.
 """
 
 import json
+import os
 import time
 
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from latentlm import cli
+from latentlm import concept_generate
+from latentlm import config_lib
 from latentlm import flops
+from latentlm import generate
 from latentlm import sharding
 from latentlm import tasks
 from latentlm import train
+from latentlm.data import corpus
 from latentlm.errors import UserError
 from latentlm.models import transformer
-
-# --config is defined by latentlm.train, imported above.
-flags.DEFINE_integer('steps', 10, 'Timed train steps, after compile and 2 '
-                     'warm-up steps.')
-flags.DEFINE_integer('data_batches', 50, 'Batches pulled from the train '
-                     'iterator to time the data pipeline.')
+from latentlm.tasks import concept_lm
 
 WARMUP_STEPS = 2
 MATMUL_SIZES = (1024, 2048)  # the best rate counts; larger adds little on CPU
-MATMUL_REPEATS = 7
+MATMUL_REPEATS = 7  # to choose the size
+MATMULS_PER_STEP = 3  # timed after each train step: both see the same load
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
 
 
-def matmul_flops_per_s() -> float:
-  """The best median float32 N x N matmul rate of the default device."""
-  best = 0.0
+def best_matmul():
+  """(run, flops, rate): the float32 N x N matmul with the best median rate.
+
+  `run` is jitted and warmed up, and returns when the product is ready.
+  """
+  best = None
   for n in MATMUL_SIZES:
     a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b_NxN = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
-    matmul(a_NxN, b_NxN).block_until_ready()  # compile and warm up
-    seconds = _median_seconds(
-        lambda: matmul(a_NxN, b_NxN).block_until_ready(), MATMUL_REPEATS)
-    best = max(best, 2 * n ** 3 / seconds)
+    run = lambda m=matmul, a=a_NxN, b=b_NxN: m(a, b).block_until_ready()
+    run()  # compile and warm up
+    rate = 2 * n ** 3 / np.median([_seconds(run) for _ in range(MATMUL_REPEATS)])
+    if best is None or rate > best[2]:
+      best = (run, 2 * n ** 3, rate)
   return best
-
-
-def peak_flops_per_s(devices) -> tuple[float, str]:
-  """Peak FLOP/s of `devices` together, and where the number comes from.
-
-  On CPU the matmul already uses every core of the host, so it is measured
-  once, not per (simulated) device.
-  """
-  chip_peak = flops.device_peak_flops(devices[0])
-  if chip_peak is not None:
-    return chip_peak * len(devices), f'{devices[0].device_kind} bf16 table'
-  return matmul_flops_per_s(), 'float32 matmul'
 
 
 def xla_flops_per_step(config, mesh, batch) -> float:
@@ -87,8 +82,12 @@ def xla_flops_per_step(config, mesh, batch) -> float:
   return float(lowered.cost_analysis()['flops'])
 
 
-def time_train_steps(trainer, batch, num_steps: int) -> tuple[float, float]:
-  """(compile seconds, median step seconds) of the trainer's jitted step."""
+def time_train_steps(trainer, batch, num_steps: int, between=None):
+  """Compiles and times the trainer's jitted step.
+
+  Returns the compile seconds, the seconds of each timed step, and those of
+  each call of `between`, run MATMULS_PER_STEP times after each step.
+  """
   start = time.perf_counter()
   with trainer.context():
     step = trainer._train_step.lower(  # pylint: disable=protected-access
@@ -99,13 +98,17 @@ def time_train_steps(trainer, batch, num_steps: int) -> tuple[float, float]:
     state, _ = step(state, batch, trainer.rng)
   jax.block_until_ready(state)
 
-  step_times = []
-  for _ in range(num_steps):
-    start = time.perf_counter()
+  def run_step():
+    nonlocal state
     state, _ = step(state, batch, trainer.rng)
     jax.block_until_ready(state)
-    step_times.append(time.perf_counter() - start)
-  return compile_s, float(np.median(step_times))
+
+  step_times, between_times = [], []
+  for _ in range(num_steps):
+    step_times.append(_seconds(run_step))
+    if between is not None:
+      between_times += [_seconds(between) for _ in range(MATMULS_PER_STEP)]
+  return compile_s, step_times, between_times
 
 
 def time_data(iterator, num_batches: int) -> float:
@@ -127,14 +130,27 @@ def bench_train(config, num_steps: int, data_batches: int) -> dict:
   batch_size = train.per_process_batch_size(config, mesh)
   tokens_per_step = task.tokens_per_step()
 
-  # (a) peak, before anything else runs in this process.
-  peak, peak_source = peak_flops_per_s(devices)
+  # (a) peak: the chip table, or on CPU the best matmul, which already uses
+  # every core (so it is measured once, not per device).
+  chip_peak = flops.device_peak_flops(devices[0])
+  if chip_peak is None:
+    matmul, matmul_flops, _ = best_matmul()
+    peak_source = 'float32 matmul'
+  else:
+    matmul, peak_source = None, 'bf16 chip table'
 
-  # (b) the train step, on one real batch kept on the devices.
+  # (b) the train step, on one real batch kept on the devices. On CPU the
+  # matmul runs between steps, so that other work on the host slows both.
   data = train.make_data(config, task, 'train', batch_size, seed=config.seed)
   batch = train.global_batch(next(data), mesh)
   trainer = train.Trainer(config, task, mesh)
-  compile_s, step_time_s = time_train_steps(trainer, batch, num_steps)
+  compile_s, step_times, matmul_times = time_train_steps(
+      trainer, batch, num_steps, between=matmul)
+  step_time_s = float(np.median(step_times))
+  if chip_peak is None:
+    peak = matmul_flops / float(np.median(matmul_times))
+  else:
+    peak = chip_peak * len(devices)
   model_flops = flops.train_flops_per_step(config)
 
   # (c) the data pipeline; processes pull their shares of a batch in parallel.
@@ -155,6 +171,8 @@ def bench_train(config, num_steps: int, data_batches: int) -> dict:
       batch_size=config.train.batch_size,
       seq_len=config.data.seq_len,
       compile_s=compile_s,
+      # CPU numbers move with what else runs on the host.
+      load_avg_1m=os.getloadavg()[0],
       jax_version=jax.__version__)
 
 
@@ -172,6 +190,7 @@ def print_table(result: dict):
       ('peak FLOP/s', f"{result['peak_flops_per_s']:.4g} "
                       f"({result['peak_source']})"),
       ('MFU', f"{result['mfu']:.3f}"),
+      ('host load (1 min)', f"{result['load_avg_1m']:.1f}"),
       ('data tokens/s', f"{result['data_tokens_per_s']:,.0f} "
                         f"({result['data_ratio']:.1f}x the step's need)"),
   ]
@@ -180,17 +199,123 @@ def print_table(result: dict):
     print(f'{name:<{width}}  {value}')
 
 
+# ============================================================================
+# generate: bytes/s of a concept LM and of the token LM of the same backbone
+# ============================================================================
+GENERATE_STEPS = 192  # timed steps per model, past a refill of the window
+
+
+def _steps_per_s(make_stream) -> float:
+  """Steps/s of a fresh stream, after a whole run that compiles every shape
+  the timed one meets (prefill, step, the refill of a full window)."""
+  for _ in make_stream():
+    pass
+  start = time.perf_counter()
+  num_steps = sum(1 for _ in make_stream())
+  return num_steps / (time.perf_counter() - start)
+
+
+def mean_bytes_per_unit(config, task) -> float:
+  """Text bytes per unit (a token, a concept) over the eval split."""
+  tokenizer = task.tokenizer
+  byte_lengths = np.asarray(tokenizer.token_byte_lengths())
+  num_bytes = num_units = 0
+  for document in corpus.load_split(config.data, config.data.eval_split):
+    tokens = np.append(tokenizer.encode(document['text']), tokenizer.eos_id)
+    num_bytes += int(byte_lengths[tokens].sum())
+    num_units += len(task.unit_fn(tokens))
+  return num_bytes / num_units
+
+
+def _token_baseline_config(concept_config, config_dir: str):
+  """configs/token_lm.py with the concept LM's backbone, at its own context."""
+  config = config_lib.load_config_file(
+      [f'--config={os.path.join(config_dir, "token_lm.py")}'])
+  config.data.tokenizer = concept_config.data.tokenizer
+  config.model.update({k: v for k, v in concept_config.model.items()
+                       if k != 'input'})
+  config.model.max_len = config.data.seq_len
+  return config
+
+
+def bench_generate(config, config_dir: str) -> dict:
+  """Batch-1 KV-cached sampling of both models with untrained weights.
+
+  Each model runs GENERATE_STEPS steps whatever it emits (no stop at EOS),
+  so speed does not depend on weights; bytes/s multiply steps/s by the mean
+  bytes of a unit of the eval split (a concept of the stage-1 segmentation,
+  a token). Target: ratio >= 0.8 * bytes_per_concept / bytes_per_token.
+  """
+  if config.task == 'pipeline':  # no trained stage 1 needed
+    concept_config = config.stages.concept_lm
+    task = concept_lm.Task(concept_config,
+                           autoencoder_config=config.stages.autoencoder)
+  elif config.task == 'concept_lm':
+    concept_config, task = config, tasks.get_task(config)
+  else:
+    raise UserError('bench generate needs a concept_lm or pipeline config, '
+                    f'not task {config.task!r}')
+  token_config = _token_baseline_config(concept_config, config_dir)
+  token_task = tasks.get_task(token_config)
+  rng = jax.random.key(config.seed)
+  params, frozen = nn.meta.unbox(jax.jit(task.init)(rng))
+  token_params, _ = nn.meta.unbox(jax.jit(token_task.init)(rng))
+
+  concept_sampler = concept_generate.ConceptSampler(task, params, frozen)
+  context_LxK, _ = concept_generate.prompt_chunks(task, '')
+  concept_steps_per_s = _steps_per_s(lambda: concept_sampler.stream(
+      context_LxK[None], rng, GENERATE_STEPS,
+      concept_generate.DEFAULT_TEMPERATURE))
+  token_sampler = generate.TokenSampler(token_task, token_params)
+  prompt_1x1 = np.full((1, 1), token_task.tokenizer.eos_id, np.int32)
+  token_steps_per_s = _steps_per_s(lambda: token_sampler.stream(
+      prompt_1x1, rng, GENERATE_STEPS, temperature=0.8, top_p=0.95))
+
+  bytes_per_concept = mean_bytes_per_unit(concept_config, task)
+  bytes_per_token = mean_bytes_per_unit(token_config, token_task)
+  concept_bytes_per_s = concept_steps_per_s * bytes_per_concept
+  token_bytes_per_s = token_steps_per_s * bytes_per_token
+  return dict(
+      concept_bytes_per_s=concept_bytes_per_s,
+      token_bytes_per_s=token_bytes_per_s,
+      ratio=concept_bytes_per_s / token_bytes_per_s,
+      target_ratio=0.8 * bytes_per_concept / bytes_per_token,
+      bytes_per_concept=bytes_per_concept,
+      bytes_per_token=bytes_per_token,
+      concept_steps_per_s=concept_steps_per_s,
+      token_steps_per_s=token_steps_per_s,
+      concept_params=transformer.param_count(params),
+      token_params=transformer.param_count(token_params),
+      steps=GENERATE_STEPS,
+      load_avg_1m=os.getloadavg()[0],
+      devices=f'1 x {jax.devices()[0].device_kind}')
+
+
+def define_flags():
+  """Flags of this command, defined only when it runs as the program."""
+  cli.define_config_flag()
+  flags.DEFINE_integer('steps', 10, 'Timed train steps, after compile and 2 '
+                       'warm-up steps.')
+  # Past the documents read ahead, so that reading and tokenizing count.
+  flags.DEFINE_integer('data_batches', 500, 'Batches pulled from the train '
+                       'iterator to time the data pipeline.')
+
+
 def main(argv):
   command = argv[1:]
-  if command == ['generate']:
-    raise UserError('bench generate is not implemented yet')
-  if command != ['train']:
+  if command not in (['train'], ['generate']):
     raise UserError(f'usage: python -m latentlm.bench train|generate '
                     f'--config=FILE.py[:ARGS]; got {" ".join(command)!r}')
   if flags.FLAGS.config is None:
     raise UserError('--config is required, e.g. '
                     '--config=configs/token_lm.py:size=small')
-  result = dict(config=flags.FLAGS['config'].config_filename,
+  config_path = flags.FLAGS['config'].config_filename
+  if command == ['generate']:
+    result = dict(config=config_path, **bench_generate(
+        flags.FLAGS.config, os.path.dirname(config_path)))
+    print(json.dumps(result), flush=True)
+    return
+  result = dict(config=config_path,
                 **bench_train(flags.FLAGS.config, flags.FLAGS.steps,
                               flags.FLAGS.data_batches))
   print_table(result)
@@ -198,4 +323,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

@@ -8,6 +8,9 @@ train. Attention adds QK^T and AV; a causal mask halves them (MaxText's
 convention), although a dense kernel still computes the masked half.
 """
 
+from latentlm import workdir
+from latentlm.models import concept
+
 # Forward + backward = 3 forwards.
 TRAIN_PASSES = 3
 
@@ -68,10 +71,85 @@ def transformer_flops_per_token(model_config, seq_len: int,
 
 
 def token_lm_flops_per_token(model_config, seq_len: int) -> dict:
-  """Causal stack plus the output projection (tied or not, it is a matmul)."""
+  """Causal stack plus the output projection (tied or not, it is a matmul).
+
+  Over `vocab_size` logits: the columns that pad the head for sharding are
+  computed but are not model work.
+  """
   stack = transformer_flops_per_token(model_config, seq_len, causal=True)
   head = dense_flops_per_token(model_config.d_model * model_config.vocab_size)
   return {k: stack[k] + head[k] for k in stack}
+
+
+def autoencoder_flops_per_chunk(model_config) -> dict:
+  """Concept encoder and decoder (latentlm.models.concept), per chunk.
+
+  Both halves have per-token SwiGLU blocks on the K positions, a K*D*D
+  flatten (unflatten) between positions and chunk, and per-chunk blocks; the
+  encoder adds the posterior's mean and log-std, the decoder the latent's
+  input projection and the K-position output head. The 'transformer'
+  encoder replaces the per-token blocks and the flatten with a bidirectional
+  stack over the K positions.
+  """
+  c = concept.AutoencoderConfig.from_config(model_config)
+  K, D, Z = c.chunk_len, c.d_model, c.latent_dim
+  blocks = c.num_layers * 3 * D * c.mlp_dim  # SwiGLU: gate, up, down
+  decoder = dense_flops_per_token(Z * D + blocks + D * K * D + K * blocks +
+                                  K * D * c.vocab_size)
+  if c.encoder == 'mlp':
+    encoder = dense_flops_per_token(K * blocks + K * D * D + blocks +
+                                    2 * D * Z)
+  else:
+    stack = transformer_flops_per_token(c.transformer_config(), K,
+                                        causal=False)
+    posterior = dense_flops_per_token(2 * D * Z)
+    encoder = {k: K * stack[k] + posterior[k] for k in stack}
+  return {k: encoder[k] + decoder[k] for k in encoder}
+
+
+def head_flops_per_position(head, d_model: int, latent_dim: int,
+                            num_targets: int) -> dict:
+  """A generative head (latentlm.models.heads) at one concept position.
+
+  The trunk projects h to H, and its modulations (3 per block, 2 at the
+  end) read the condition; each stream it runs has the blocks' two matmuls
+  and the input and output projections. mse and gmm run one stream on the
+  condition; energy runs num_samples streams from noise; flow and diffusion
+  one per target, whose condition adds the time, so modulations run per
+  target too.
+  """
+  H, Z, L = head.hidden_dim, latent_dim, head.num_layers
+  modulations = H * H * (3 * L + 2)
+  blocks = 2 * H * H * L
+  if head.name == 'mse':
+    weights = d_model * H + modulations + blocks + H * Z
+  elif head.name == 'gmm':
+    outputs = head.num_components * (1 + 2 * Z)  # weights, means, stds
+    weights = d_model * H + modulations + blocks + H * outputs
+  elif head.name == 'energy':
+    stream = head.noise_dim * H + blocks + H * Z
+    weights = d_model * H + modulations + head.num_samples * stream
+  else:  # flow, diffusion: time features -> H, then the trunk per target
+    stream = H * H + modulations + Z * H + blocks + H * Z
+    weights = d_model * H + num_targets * stream
+  return dense_flops_per_token(weights)
+
+
+def concept_lm_flops_per_position(config) -> dict:
+  """The causal stack, its input projection and the head, per concept.
+
+  K and the latent size come from the stage-1 workdir's config. Its frozen
+  encoder, which makes inputs and targets, is not counted: like a
+  tokenizer, it prepares data, and nothing of it is trained.
+  """
+  autoencoder = workdir.Workdir(config.autoencoder_workdir).load_config()
+  K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
+  D = config.model.d_model
+  stack = transformer_flops_per_token(config.model, config.data.seq_len)
+  inputs = dense_flops_per_token(K * D * D if config.model.input == 'tokens'
+                                 else Z * D)
+  head = head_flops_per_position(config.head, D, Z, config.head_targets)
+  return {k: stack[k] + inputs[k] + head[k] for k in stack}
 
 
 def train_flops_per_step(config) -> float:
@@ -84,11 +162,12 @@ def train_flops_per_step(config) -> float:
     tokens = config.train.batch_size * config.data.seq_len
     return tokens * token_lm_flops_per_token(config.model,
                                              config.data.seq_len)['train']
-  if config.task in ('autoencoder', 'concept_lm'):
-    # Add here with those models: encoder and decoder stacks over chunks of K
-    # tokens (autoencoder); the causal stack over seq_len concepts, its input
-    # projection and the generative head's samples (concept_lm).
-    raise NotImplementedError(f'FLOPs of task {config.task!r}')
+  if config.task == 'autoencoder':
+    chunks = config.train.batch_size * config.data.seq_len
+    return chunks * autoencoder_flops_per_chunk(config.model)['train']
+  if config.task == 'concept_lm':
+    positions = config.train.batch_size * config.data.seq_len
+    return positions * concept_lm_flops_per_position(config)['train']
   raise ValueError(f'unknown task {config.task!r}')
 
 

@@ -218,13 +218,16 @@ def train(config, workdir_path: str) -> dict:
   if step < num_steps:
     print(f'stopped at step {step} by a signal; checkpoint saved, rerun the '
           'same command to resume', file=sys.stderr)
-  elif is_lead:
+  else:
     write_samples(config, task, trainer, state, workdir)
   return eval_metrics
 
 
 def write_samples(config, task, trainer, state, workdir, num_samples=3):
-  """A few generations into samples.txt, so every run shows its output."""
+  """A few generations into samples.txt, so every run shows its output.
+
+  Every process samples, in lockstep: the params may span all of them.
+  """
   from latentlm import generate  # pylint: disable=g-import-not-at-top
   from latentlm import runs  # pylint: disable=g-import-not-at-top
   run = runs.Run(config=config, task=task, trainer=trainer, state=state,
@@ -233,7 +236,8 @@ def write_samples(config, task, trainer, state, workdir, num_samples=3):
                                   jax.random.key(config.seed))
   body = '\n\n'.join(f'--- sample {i} (step {run.step})\n{t}'
                       for i, t in enumerate(texts))
-  workdir_lib.write_atomic(workdir.samples_path, body + '\n')
+  if jax.process_index() == 0:
+    workdir_lib.write_atomic(workdir.samples_path, body + '\n')
   return texts
 
 

@@ -28,6 +28,7 @@ class ConceptLM(nn.Module):
   input_kind: str
   chunk_len: int
   head: nn.Module
+  token_logits: bool = False  # an auxiliary next-chunk token predictor
 
   def setup(self):
     cfg, D = self.cfg, self.cfg.d_model
@@ -43,6 +44,10 @@ class ConceptLM(nn.Module):
                                  (self.head.latent_dim, D), ('latent', 'embed'))
     self.transformer = transformer.Transformer(cfg)
     self.final_norm = transformer.RMSNorm(cfg.norm_eps, cfg.compute_dtype)
+    if self.token_logits:
+      self.next_tokens_DxKxV = declare(
+          self, 'next_tokens', fan_in_init(0, (1, 2)),
+          (D, self.chunk_len, cfg.vocab_size), ('embed', 'chunk', 'vocab'))
 
   def embed_inputs(self, inputs):
     dtype = self.cfg.compute_dtype
@@ -65,6 +70,15 @@ class ConceptLM(nn.Module):
     """One next latent per position from the head: N x Z."""
     return self.head.sample(h_NxD, rng, temperature)
 
+  def next_token_logits(self, h_NxD):
+    """float32 logits_NxKxV of the next chunk's tokens, read off h."""
+    return jnp.einsum('ND,DKV->NKV', h_NxD,
+                      self.next_tokens_DxKxV.astype(h_NxD.dtype),
+                      preferred_element_type=jnp.float32)
+
   def init_all(self, inputs, z_NxMxZ, rng):
     h_BxSxD, _ = self(inputs)
-    return self.loss(h_BxSxD.reshape(-1, h_BxSxD.shape[-1]), z_NxMxZ, rng)
+    h_NxD = h_BxSxD.reshape(-1, h_BxSxD.shape[-1])
+    if self.token_logits:
+      self.next_token_logits(h_NxD)
+    return self.loss(h_NxD, z_NxMxZ, rng)

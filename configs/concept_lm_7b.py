@@ -1,0 +1,31 @@
+"""A 7B concept LM for TPU pods: configs/concept_lm_1b.py, scaled up.
+
+Backbone: 32 layers, d_model 4096, 32 heads of 128, SwiGLU 11008 (6.4B
+params); the rows, batch, data and schedule of the 1B. Mesh data=-1 x
+fsdp=64 x tensor=4: 256 chips hold one copy of the state, so a v5p:8x8x8
+runs two copies and two v5e:16x16 slices one each.
+
+  JAX_PLATFORMS=cpu python -m latentlm.aot --config=configs/concept_lm_7b.py \\
+      --topology=v5p:8x8x8
+  JAX_PLATFORMS=cpu python -m latentlm.aot --config=configs/concept_lm_7b.py \\
+      --topology=v5e:16x16 --slices=2
+
+Per-chip figures: launch/README.md, "Pod figures". Args: those of
+configs/concept_lm_1b.py, with fsdp 64 and tensor 4.
+"""
+
+import importlib.util
+import os
+
+
+def _concept_lm_1b():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      'concept_lm_1b.py')
+  spec = importlib.util.spec_from_file_location('_concept_lm_1b', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg=None):
+  return _concept_lm_1b().pod_config('7b', arg, fsdp=64, tensor=4)

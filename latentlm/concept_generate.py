@@ -1,0 +1,229 @@
+"""Text from a concept LM: prompt -> chunks -> sampled vectors -> decoded text.
+
+Each step feeds the last chunk to the autoregressor (KV-cached), samples the
+next normalised latent from the head, de-normalises it and decodes it to K
+tokens (argmax, pads dropped). That decoded chunk is the next step's input in
+both input kinds ('latent' re-encodes it to its posterior mean), so the model
+always reads what a real chunk of text would give it.
+
+Temperature, for every head (>= 0; 0 is deterministic):
+  mse:       ignored: the head regresses one vector and has no distribution.
+  energy:    scales the generator's input noise; 0 maps zero noise to one
+             vector. A heuristic: smaller noise tends to sharpen the samples.
+  flow:      scales the initial Gaussian noise of the Euler integration.
+  diffusion: scales the initial noise of DDIM (deterministic steps after it).
+  gmm:       divides the mixture logits and multiplies the stds; 0 takes the
+             most likely component's mean.
+
+The prompt: a new document starts after an EOS chunk, then the prompt's
+chunks. Its last chunk may be cut short (the word or chunk may go on), so the
+model conditions on the whole chunks before it and draws `num_candidates`
+next vectors; the first one whose decoded text starts with that partial
+chunk completes it, and only the rest of its text is new. When none does,
+the partial chunk is read as a whole chunk and generation goes on after it.
+
+Generation stops at a chunk that decodes to EOS (its text before EOS kept) or
+to nothing at all, after `max_bytes`, or (optional, like LCM) at a concept
+with cosine similarity >= 0.9 to the previous one.
+"""
+
+import codecs
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latentlm.data import corpus
+from latentlm.errors import UserError
+from latentlm.models import transformer
+
+DEFAULT_TEMPERATURE = 0.8
+NUM_CANDIDATES = 16
+REPEAT_COSINE = 0.9
+
+
+@functools.cache
+def _compiled(task):
+  """The jitted model calls of `task`, shared by its samplers."""
+
+  def forward(params, frozen, chunks_BxLxK, cache):
+    inputs = task.model_inputs(frozen, chunks_BxLxK)
+    h_BxLxD, cache = task.model.apply({'params': params}, inputs, cache=cache)
+    return h_BxLxD[:, -1], cache
+
+  def step(params, frozen, chunks_Bx1xK, cache, rng, temperature):
+    """Feeds one chunk per row; samples and decodes the next one."""
+    h_BxD, cache = forward(params, frozen, chunks_Bx1xK, cache)
+    z_BxZ = task.model.apply({'params': params}, h_BxD, rng, temperature,
+                             method='sample')
+    return z_BxZ, task.decode(frozen, z_BxZ), cache
+
+  return jax.jit(forward), jax.jit(step)
+
+
+class ConceptSampler:
+  """KV-cached next-concept sampling from a concept LM task's model."""
+
+  def __init__(self, task, params, frozen):
+    self.task, self.params, self.frozen = task, params, frozen
+    self.window = task.model_config.max_len
+    self._forward, self._step = _compiled(task)
+
+  def _prefill(self, chunks_BxLxK):
+    cache = transformer.init_cache(self.task.model_config,
+                                   chunks_BxLxK.shape[0], self.window)
+    if chunks_BxLxK.shape[1] == 0:
+      return cache
+    return self._forward(self.params, self.frozen, jnp.asarray(chunks_BxLxK),
+                         cache)[1]
+
+  def stream(self, context_BxLxK: np.ndarray, rng, max_new: int,
+             temperature: float):
+    """Yields (z_BxZ, chunks_BxK) of each next concept, max_new times.
+
+    Step i samples with fold_in(rng, i). When the window is full, the cache
+    is refilled from the last half of the window.
+    """
+    history_BxLxK = np.asarray(context_BxLxK)[:, -(self.window // 2):]
+    cache = self._prefill(history_BxLxK[:, :-1])
+    pending_Bx1xK = history_BxLxK[:, -1:]
+    for i in range(max_new):
+      if int(cache.index) >= self.window:
+        recent_BxLxK = history_BxLxK[:, -(self.window // 2):]
+        cache = self._prefill(recent_BxLxK[:, :-1])
+      z_BxZ, chunks_BxK, cache = self._step(
+          self.params, self.frozen, jnp.asarray(pending_Bx1xK), cache,
+          jax.random.fold_in(rng, i), temperature)
+      z_BxZ, chunks_BxK = np.asarray(z_BxZ), np.asarray(chunks_BxK)
+      yield z_BxZ, chunks_BxK
+      pending_Bx1xK = chunks_BxK[:, None]
+      history_BxLxK = np.concatenate([history_BxLxK, pending_Bx1xK], axis=1)
+
+
+def chunk_tokens(chunk_K: np.ndarray, pad_id: int, eos_id: int):
+  """(text token ids of a decoded chunk, whether it ends the text).
+
+  Pads are dropped wherever they are; EOS and what follows it are cut.
+  """
+  ids = [int(t) for t in chunk_K if t != pad_id]
+  if eos_id in ids:
+    return ids[:ids.index(eos_id)], True
+  return ids, not ids
+
+
+def prompt_chunks(task, prompt: str):
+  """(context chunks L x K: EOS chunk + whole prompt chunks, partial chunk
+  K or None)."""
+  tokenizer = task.tokenizer
+  eos_K = np.full(task.chunk_len, task.pad_id, np.int32)
+  eos_K[0] = tokenizer.eos_id
+  chunks_MxK = np.asarray(task.unit_fn(tokenizer.encode(prompt)), np.int32)
+  if not len(chunks_MxK):
+    return eos_K[None], None
+  return np.concatenate([eos_K[None], chunks_MxK[:-1]]), chunks_MxK[-1]
+
+
+def complete_partial(sampler, context_LxK, partial_K, num_rows, rng,
+                     temperature, num_candidates=NUM_CANDIDATES):
+  """Per row, (the chunk that completes `partial_K`, its new token ids).
+
+  Draws num_candidates next chunks per row; the first whose text starts with
+  the partial chunk's wins. A row with no such candidate reads the partial
+  chunk itself and adds nothing.
+  """
+  task = sampler.task
+  partial = chunk_tokens(partial_K, task.pad_id, task.tokenizer.eos_id)[0]
+  rows = num_rows * num_candidates
+  _, candidates_RxK = next(sampler.stream(
+      np.broadcast_to(context_LxK, (rows, *context_LxK.shape)), rng, 1,
+      temperature))
+  chosen, new_ids = [], []
+  for row in range(num_rows):
+    group = candidates_RxK[row * num_candidates:(row + 1) * num_candidates]
+    for chunk_K in group:
+      ids, ended = chunk_tokens(chunk_K, task.pad_id, task.tokenizer.eos_id)
+      if not ended and ids[:len(partial)] == partial:
+        chosen.append(chunk_K)
+        new_ids.append(ids[len(partial):])
+        break
+    else:
+      chosen.append(partial_K)
+      new_ids.append([])
+  return np.stack(chosen), new_ids
+
+
+def concept_lm_texts(run, prompt: str, num_samples: int, rng,
+                     temperature=DEFAULT_TEMPERATURE, max_bytes=400,
+                     on_text=None, stop_on_repeat=False) -> list[str]:
+  """Samples continuations of `prompt`; `on_text` receives sample 0's pieces."""
+  if temperature < 0:
+    raise UserError(f'temperature={temperature} must be >= 0')
+  task = run.task
+  tokenizer = task.tokenizer
+  sampler = ConceptSampler(task, run.state.params, run.state.frozen)
+  context_LxK, partial_K = prompt_chunks(task, prompt)
+  outputs = [[] for _ in range(num_samples)]
+  decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+
+  def emit(row, ids):
+    outputs[row].extend(ids)
+    if row == 0 and on_text is not None and ids:
+      on_text(decoder.decode(tokenizer.decode_bytes(ids)))
+
+  context_BxLxK = np.broadcast_to(context_LxK, (num_samples,
+                                                *context_LxK.shape))
+  partial_rng, rng = jax.random.split(rng)
+  if partial_K is not None:
+    chosen_BxK, new_ids = complete_partial(sampler, context_LxK, partial_K,
+                                           num_samples, partial_rng,
+                                           temperature)
+    for row, ids in enumerate(new_ids):
+      emit(row, ids)
+    context_BxLxK = np.concatenate([context_BxLxK, chosen_BxK[:, None]], 1)
+
+  done = np.zeros(num_samples, bool)
+  previous_BxZ = None
+  for z_BxZ, chunks_BxK in sampler.stream(context_BxLxK, rng, max_bytes,
+                                          temperature):
+    if stop_on_repeat and previous_BxZ is not None:
+      cosine_B = np.sum(z_BxZ * previous_BxZ, -1) / np.maximum(
+          np.linalg.norm(z_BxZ, axis=-1) *
+          np.linalg.norm(previous_BxZ, axis=-1), 1e-9)
+      done |= cosine_B >= REPEAT_COSINE
+    previous_BxZ = z_BxZ
+    for row in np.flatnonzero(~done):
+      ids, ended = chunk_tokens(chunks_BxK[row], task.pad_id,
+                                tokenizer.eos_id)
+      emit(row, ids)
+      done[row] = ended or len(outputs[row]) >= max_bytes
+    if done.all():
+      break
+  return [tokenizer.decode(ids) for ids in outputs]
+
+
+# ------------------------------------------------- a quick check of samples
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+def words(text: str) -> list[str]:
+  """Lower-cased words: letters, with inner apostrophes (o'er, follow'd)."""
+  return _WORD.findall(text.lower())
+
+
+def training_vocabulary(data_config) -> set[str]:
+  """Every word of the training split of the corpus."""
+  vocabulary = set()
+  for document in corpus.load_split(data_config, 'train'):
+    text = document['text']
+    if isinstance(text, bytes):
+      text = text.decode('utf-8', errors='replace')
+    vocabulary.update(words(text))
+  return vocabulary
+
+
+def vocabulary_fraction(texts, vocabulary: set[str]) -> float:
+  """The fraction of the words of `texts` that occur in `vocabulary`."""
+  all_words = [w for text in texts for w in words(text)]
+  return sum(w in vocabulary for w in all_words) / max(len(all_words), 1)

@@ -1,0 +1,190 @@
+"""Concept LM task (stage 2): predict the next concept vector with a head.
+
+`config.autoencoder_workdir` names a trained stage-1 run. Its config gives
+the segmentation, K, the latent size and the tokenizer; its encoder, decoder
+and latent statistics become this run's `frozen` params (checkpointed with
+stage 2, never trained). Rows are S + 1 chunks, {'tokens': int32[B, S+1, K]}.
+
+Position t reads chunk t (`config.model.input`: its tokens, or its
+normalised posterior mean) and the head is trained on `config.head_targets`
+samples of the encoder posterior of chunk t + 1 (CALM), in the space
+normalised by the stage-1 statistics: (z - latent_mean) / latent_std. Target
+chunks that are all pads count in no loss or metric.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from latentlm import runs
+from latentlm import tasks
+from latentlm import workdir as workdir_lib
+from latentlm.data import tokenizers
+from latentlm.errors import UserError
+from latentlm.models import concept_lm
+from latentlm.models import heads
+from latentlm.models import transformer
+
+
+def load_autoencoder_config(path: str):
+  """The stage-1 config of `path`, or a one-line UserError."""
+  if not path:
+    raise UserError('config.autoencoder_workdir is required: a trained '
+                    'autoencoder workdir (configs/autoencoder.py)')
+  config = workdir_lib.Workdir(path).load_config()
+  if config.task != 'autoencoder':
+    raise UserError(f'config.autoencoder_workdir={path!r} holds a '
+                    f'{config.task!r} run, not an autoencoder')
+  return config
+
+
+class Task:
+  """The autoregressor over concepts, on a frozen stage-1 autoencoder.
+
+  `autoencoder_config` stands in for the workdir (benchmarks, tests): the
+  frozen params are then a fresh, untrained autoencoder with unit statistics.
+  """
+
+  def __init__(self, config, autoencoder_config=None):
+    self.config = config
+    self.autoencoder_workdir = None
+    if autoencoder_config is None:
+      self.autoencoder_workdir = config.autoencoder_workdir
+      autoencoder_config = load_autoencoder_config(self.autoencoder_workdir)
+    if autoencoder_config.data.tokenizer != config.data.tokenizer:
+      raise UserError(
+          f'config.data.tokenizer={config.data.tokenizer!r} differs from the '
+          f'autoencoder\'s {autoencoder_config.data.tokenizer!r}')
+    self.autoencoder = tasks.get_task(autoencoder_config)
+    self.tokenizer = tokenizers.get_tokenizer(config.data)
+    self.pad_id = self.tokenizer.pad_id
+    self.unit_fn = self.autoencoder.unit_fn  # the stage-1 segmentation
+    self.unit_shape = self.autoencoder.unit_shape
+    self.chunk_len, = self.unit_shape
+    self.latent_dim = self.autoencoder.model_config.latent_dim
+    self.row_len = config.data.seq_len + 1
+    self.row_overlap = 1  # a row's last chunk starts the next: none unscored
+
+    model_fields = dict(config.model.items())
+    self.input_kind = model_fields.pop('input')
+    if self.input_kind not in concept_lm.INPUTS:
+      raise UserError(f'config.model.input={self.input_kind!r} is not one of '
+                      f'{concept_lm.INPUTS}')
+    self.model_config = transformer.TransformerConfig.from_config(
+        model_fields, vocab_size=self.tokenizer.vocab_size)
+    self.head = heads.make_head(config.head, self.latent_dim)
+    self.model = concept_lm.ConceptLM(
+        self.model_config, self.input_kind, self.chunk_len, self.head,
+        token_logits=config.token_loss_weight > 0)
+    self.byte_lengths = np.asarray(self.tokenizer.token_byte_lengths(),
+                                   np.float32)
+    self._trained = None if self.autoencoder_workdir is None else (
+        self._load_trained())
+
+  # --- frozen stage 1 -----------------------------------------------------
+  def _load_trained(self):
+    """The stage-1 params and statistics, as numpy (loaded outside of jit)."""
+    run = runs.load(self.autoencoder_workdir)
+    return jax.device_get(dict(autoencoder=run.state.params,
+                               **run.state.frozen))
+
+  def _init_frozen(self, rng):
+    """Boxed like the stage-1 params, so they shard the same way."""
+    ae_params, stats = self.autoencoder.init(rng)
+    return dict(autoencoder=ae_params, **stats)
+
+  def init_frozen(self, rng):
+    """The trained stage-1 model, or a fresh one without a workdir."""
+    if self._trained is None:
+      return self._init_frozen(rng)
+    # Only the structure and axis names: the values come from the workdir.
+    abstract = jax.eval_shape(self._init_frozen, rng)
+    return jax.tree.map(
+        lambda box, value: box.replace_boxed(jnp.asarray(value))
+        if isinstance(box, nn.Partitioned) else jnp.asarray(value),
+        abstract, self._trained,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+  def encode(self, frozen, tokens_BxSxK):
+    """Normalised posterior (mean_BxSxZ, std_BxSxZ); no gradient flows."""
+    B, S, K = tokens_BxSxK.shape
+    frozen = jax.lax.stop_gradient(frozen)
+    mean_NxZ, logstd_NxZ = self.autoencoder.encode(
+        frozen['autoencoder'], tokens_BxSxK.reshape(B * S, K))
+    mean_NxZ = (mean_NxZ - frozen['latent_mean']) / frozen['latent_std']
+    std_NxZ = jnp.exp(logstd_NxZ) / frozen['latent_std']
+    return mean_NxZ.reshape(B, S, -1), std_NxZ.reshape(B, S, -1)
+
+  def decode(self, frozen, z_NxZ):
+    """Normalised latents -> token ids N x K (argmax, pads included)."""
+    z_NxZ = z_NxZ * frozen['latent_std'] + frozen['latent_mean']
+    return self.autoencoder.decode(frozen['autoencoder'], z_NxZ).argmax(-1)
+
+  def model_inputs(self, frozen, tokens_BxSxK, mean_BxSxZ=None):
+    """What the autoregressor reads for these chunks (config.model.input)."""
+    if self.input_kind == 'tokens':
+      return tokens_BxSxK
+    if mean_BxSxZ is None:
+      mean_BxSxZ, _ = self.encode(frozen, tokens_BxSxK)
+    return mean_BxSxZ
+
+  # --- the Task API -------------------------------------------------------
+  def init(self, rng):
+    """Boxed autoregressor and head params; the stage-1 model as frozen."""
+    model_rng, head_rng, frozen_rng = jax.random.split(rng, 3)
+    tokens_1x1xK = jnp.full((1, 1, self.chunk_len), self.pad_id, jnp.int32)
+    inputs = self.model_inputs(None, tokens_1x1xK,
+                               jnp.zeros((1, 1, self.latent_dim)))
+    z_1x1xZ = jnp.zeros((1, 1, self.latent_dim))
+    params = self.model.init(model_rng, inputs, z_1x1xZ, head_rng,
+                             method='init_all')['params']
+    return params, self.init_frozen(frozen_rng)
+
+  def loss(self, params, frozen, batch, rng, train):
+    """Head loss per real target concept; eval adds `latent_l2`."""
+    tokens_BxS1xK = batch['tokens']
+    B, S1, _ = tokens_BxS1xK.shape
+    N, M, Z = B * (S1 - 1), self.config.head_targets, self.latent_dim
+    target_rng, head_rng, sample_rng = jax.random.split(rng, 3)
+    mean_BxS1xZ, std_BxS1xZ = self.encode(frozen, tokens_BxS1xK)
+    inputs = self.model_inputs(frozen, tokens_BxS1xK[:, :-1],
+                               mean_BxS1xZ[:, :-1])
+    h_BxSxD, _ = self.model.apply({'params': params}, inputs)
+    h_NxD = h_BxSxD.reshape(N, -1)
+
+    next_mean_NxZ = mean_BxS1xZ[:, 1:].reshape(N, Z)
+    noise_NxMxZ = jax.random.normal(target_rng, (N, M, Z))
+    z_NxMxZ = next_mean_NxZ[:, None] + self.config.target_noise * (
+        std_BxS1xZ[:, 1:].reshape(N, 1, Z) * noise_NxMxZ)
+    loss_N = self.model.apply({'params': params}, h_NxD, z_NxMxZ, head_rng,
+                              method='loss')
+    next_tokens_NxK = tokens_BxS1xK[:, 1:].reshape(N, -1)
+    metrics = {}
+    if self.config.token_loss_weight > 0:
+      logits_NxKxV = self.model.apply({'params': params}, h_NxD,
+                                      method='next_token_logits')
+      ce_N = optax.softmax_cross_entropy_with_integer_labels(
+          logits_NxKxV, next_tokens_NxK).sum(-1)
+      metrics['head_loss'] = loss_N
+      metrics['token_ce'] = ce_N
+      loss_N = loss_N + self.config.token_loss_weight * ce_N
+
+    real_N = (next_tokens_NxK != self.pad_id).any(-1).astype(jnp.float32)
+    num_concepts = jnp.maximum(real_N.sum(), 1.0)
+    metrics = {k: v @ real_N / num_concepts for k, v in metrics.items()}
+    metrics.update(
+        num_bytes=jnp.asarray(self.byte_lengths)[next_tokens_NxK].sum(),
+        num_concepts=real_N.sum())
+    if not train:  # sampling can take many head passes (flow, diffusion)
+      # One sample at temperature 1 against the true next posterior mean.
+      sample_NxZ = self.model.apply({'params': params}, h_NxD, sample_rng,
+                                    1.0, method='sample')
+      l2_N = jnp.linalg.norm(sample_NxZ - next_mean_NxZ, axis=-1)
+      metrics['latent_l2'] = l2_N @ real_N / num_concepts
+    return loss_N @ real_N / num_concepts, metrics
+
+  def tokens_per_step(self) -> int:
+    """Concept positions trained per step (for throughput and FLOPs)."""
+    return self.config.train.batch_size * self.config.data.seq_len

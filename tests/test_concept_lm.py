@@ -1,0 +1,310 @@
+"""Concept LM: sharded step, exact resume, KV-cached generation, bad workdirs."""
+
+import functools
+import types
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import helpers
+from latentlm import checkpoint
+from latentlm import concept_generate
+from latentlm import sharding
+from latentlm import step as step_lib
+from latentlm import tasks
+from latentlm import train
+from latentlm import workdir as workdir_lib
+from latentlm.errors import UserError
+from latentlm.tasks import concept_lm
+
+PAD, EOS, K, S = 256, 258, 4, 8
+N = 3  # steps before the checkpoint; the uninterrupted run has 2N
+TEXT = ('To be, or not to be, that is the question:\n'
+        'Whether tis nobler in the mind to suffer\n') * 40
+
+
+def _autoencoder_config(data_dir=''):
+  c = helpers.load_config('autoencoder')
+  c.model.update(d_model=32, mlp_dim=64, latent_dim=8, num_layers=1,
+                 num_heads=2)
+  c.data.update(name='files', files=f'{data_dir}/*.txt', data_dir=data_dir)
+  return c
+
+
+def _config(autoencoder_workdir='', data_dir='', input_kind='tokens'):
+  c = helpers.load_config('concept_lm', f'size=nano,input={input_kind}')
+  c.autoencoder_workdir = autoencoder_workdir
+  c.data.update(name='files', files=f'{data_dir}/*.txt', data_dir=data_dir,
+                seq_len=S)
+  c.model.max_len = S
+  c.head.update(hidden_dim=32, num_layers=1, num_samples=4, noise_dim=8)
+  c.head_targets = 3
+  c.train.update(batch_size=8, progress_bar=False)
+  c.optimizer.warmup_steps = 2
+  return c
+
+
+def _random_chunks(rng, shape):
+  """Byte chunks of 1..K tokens, then pads."""
+  tokens = rng.integers(0, 256, (*shape, K), dtype=np.int32)
+  lengths = rng.integers(1, K + 1, shape)
+  return np.where(np.arange(K) < lengths[..., None], tokens, PAD)
+
+
+def _task(input_kind='tokens'):
+  """A task on a fresh autoencoder: no stage-1 workdir needed."""
+  return concept_lm.Task(_config(input_kind=input_kind),
+                         autoencoder_config=_autoencoder_config())
+
+
+def _random_like(abstract, seed=0):
+  """Numpy draws shaped like `abstract`: no initialiser to compile.
+
+  Matrices get unit-variance outputs; vectors (norm scales, biases, latent
+  statistics) are positive, as a latent std must be.
+  """
+  rng = np.random.default_rng(seed)
+  def draw(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return np.zeros(x.shape, x.dtype)
+    if len(x.shape) < 2:
+      return rng.uniform(0.5, 1.5, x.shape).astype(x.dtype)
+    return (rng.standard_normal(x.shape) / np.sqrt(x.shape[0])).astype(x.dtype)
+  return jax.tree.map(draw, abstract)
+
+
+@functools.cache
+def _model(input_kind):
+  """(task, params, frozen) of an untrained model, shared by tests."""
+  task = _task(input_kind)
+  params, frozen = _random_like(
+      nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0))))
+  return task, params, frozen
+
+
+# ------------------------------------------- train step, stage-1 workdir
+
+
+def _fake_autoencoder_workdir(path, data_dir):
+  """A stage-1 workdir holding random autoencoder params and statistics."""
+  config = _autoencoder_config(data_dir)
+  config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  task = tasks.get_task(config)
+  trainer = train.Trainer(config, task,
+                          sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  state = jax.device_put(_random_like(trainer.abstract_state, seed=1),
+                         trainer.state_shardings)
+  workdir = workdir_lib.Workdir(path)
+  workdir.prepare(config)
+  ckpt = checkpoint.Checkpointer(workdir.checkpoints, 1, 1)
+  ckpt.save(1, state, train.make_data(config, task, 'train', 8, seed=0),
+            force=True)
+  ckpt.close()
+  return jax.device_get(state)
+
+
+@pytest.fixture(scope='module')
+def stage1(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('data'))
+  with open(f'{data_dir}/hamlet.txt', 'w') as f:
+    f.write(TEXT)
+  path = str(tmp_path_factory.mktemp('autoencoder'))
+  return path, data_dir, _fake_autoencoder_workdir(path, data_dir)
+
+
+@pytest.fixture(scope='module')
+def eight_devices(stage1, tmp_path_factory):
+  """2N steps on 8 devices from a stage-1 workdir, checkpointed at step N."""
+  path, data_dir, ae_state = stage1
+  config = _config(path, data_dir)
+  config.mesh.update(dict(data=2, fsdp=4, tensor=1))
+  task = concept_lm.Task(config)
+  trainer = train.Trainer(config, task, sharding.make_mesh(config.mesh))
+  ckpt = checkpoint.Checkpointer(str(tmp_path_factory.mktemp('ckpt')), 1, N)
+  data = train.make_data(config, task, 'train', 8, seed=0)
+  abstract = trainer.abstract_state  # random params: no init to compile
+  initial = step_lib.TrainState(
+      step=np.zeros((), np.int32), params=_random_like(abstract.params),
+      opt_state=jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                             abstract.opt_state),
+      frozen=jax.device_get(nn.meta.unbox(
+          task.init_frozen(jax.random.key(0)))))
+  state = jax.device_put(initial, trainer.state_shardings)
+  losses = []
+  for step in range(1, 2 * N + 1):
+    state, metrics = trainer.train_step(state, next(data))
+    losses.append(float(metrics['loss']))
+    if step == N:
+      ckpt.save(step, state, data, force=True)
+  ckpt.wait()
+  result = types.SimpleNamespace(
+      task=task, trainer=trainer, ckpt=ckpt, ae_state=ae_state,
+      initial=initial, final=jax.device_get(state), losses=np.asarray(losses),
+      make_data=lambda: train.make_data(config, task, 'train', 8, seed=0))
+  yield result
+  ckpt.close()
+
+
+def test_frozen_params_are_the_stage1_workdir_and_stay_so(eight_devices):
+  run = eight_devices
+  expected = dict(autoencoder=run.ae_state.params, **run.ae_state.frozen)
+  chex.assert_trees_all_equal(run.initial.frozen, expected)
+  chex.assert_trees_all_equal(run.final.frozen, expected)
+  assert run.losses[-1] < run.losses[0]  # the rest trains
+
+
+def test_step_on_8_devices_equals_1_device(eight_devices):
+  run = eight_devices
+  config = run.task.config.copy_and_resolve_references()
+  config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  trainer = train.Trainer(config, run.task, sharding.make_mesh(
+      config.mesh, jax.devices()[:1]))
+  state = jax.device_put(run.initial, trainer.state_shardings)
+  data = run.make_data()
+  losses = []
+  for _ in range(2 * N):
+    state, metrics = trainer.train_step(state, next(data))
+    losses.append(float(metrics['loss']))
+  np.testing.assert_allclose(losses, run.losses, rtol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(state.params), run.final.params,
+                              rtol=1e-4, atol=1e-6)
+
+
+def test_resume_equals_uninterrupted(eight_devices):
+  run = eight_devices
+  state, data = run.ckpt.restore(N, run.trainer.abstract_state,
+                                 run.make_data())
+  losses = []
+  for _ in range(N):
+    state, metrics = run.trainer.train_step(state, next(data))
+    losses.append(float(metrics['loss']))
+  np.testing.assert_array_equal(losses, run.losses[N:])
+  chex.assert_trees_all_equal(jax.device_get(state), run.final)
+
+
+def test_all_pad_targets_count_nowhere(eight_devices):
+  run = eight_devices
+  tokens = _random_chunks(np.random.default_rng(1), (8, S + 1))
+  padded = tokens.copy()
+  padded[1, 1:] = PAD  # row 1 predicts only pads
+  other = padded.copy()
+  other[1, 0] = tokens[0, 0]  # ... from another input chunk
+
+  def metrics(batch):
+    state = jax.device_put(run.initial, run.trainer.state_shardings)
+    return jax.device_get(run.trainer.train_step(state, {'tokens': batch})[1])
+
+  padded_metrics = metrics(padded)
+  assert padded_metrics['loss'] == metrics(other)['loss']
+  assert padded_metrics['loss'] != metrics(tokens)['loss']
+  real = np.delete(tokens, 1, axis=0)[:, 1:]
+  assert padded_metrics['num_bytes'] == (real != PAD).sum()
+  assert padded_metrics['num_concepts'] == 7 * S
+
+
+def test_bad_autoencoder_workdir_is_one_line_user_error(tmp_path, stage1):
+  _, data_dir, _ = stage1
+  with pytest.raises(UserError, match='autoencoder_workdir is required'):
+    concept_lm.Task(_config('', data_dir))
+  with pytest.raises(UserError, match='not a latentlm workdir'):
+    concept_lm.Task(_config(str(tmp_path / 'missing'), data_dir))
+  token_lm = workdir_lib.Workdir(str(tmp_path / 'token_lm'))
+  token_lm.prepare(helpers.load_config('token_lm', 'size=nano'))
+  with pytest.raises(UserError, match="'token_lm' run, not an autoencoder"):
+    concept_lm.Task(_config(token_lm.path, data_dir))
+  untrained = workdir_lib.Workdir(str(tmp_path / 'untrained'))
+  untrained.prepare(_autoencoder_config(data_dir))
+  with pytest.raises(UserError, match='no checkpoint yet') as error:
+    concept_lm.Task(_config(untrained.path, data_dir))
+  assert '\n' not in str(error.value)
+
+
+# -------------------------------------------------------------- generation
+
+
+@pytest.mark.parametrize('input_kind', ['tokens', 'latent'])
+def test_kv_cached_generation_equals_full_recompute(input_kind):
+  task, params, frozen = _model(input_kind)
+  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  context = _random_chunks(np.random.default_rng(3), (2, 1))
+  rng = jax.random.key(4)
+  steps = list(sampler.stream(context, rng, S - 1, 1.0))
+
+  @jax.jit
+  def recompute(history_BxSxK, t, step_rng):
+    """The whole prefix without a cache; causal, so the tail is unread."""
+    h_BxSxD, _ = task.model.apply({'params': params},
+                                  task.model_inputs(frozen, history_BxSxK))
+    return task.model.apply({'params': params}, h_BxSxD[:, t], step_rng, 1.0,
+                            method='sample')
+
+  history = np.concatenate(
+      [context, np.stack([chunks for _, chunks in steps], axis=1)], axis=1)
+  for i, (z_BxZ, _) in enumerate(steps):
+    expected = recompute(history[:, :S], i, jax.random.fold_in(rng, i))
+    np.testing.assert_allclose(z_BxZ, expected, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(steps[0][0], steps[1][0])  # it moves on
+
+
+class _CandidateSampler:
+  """Stands in for ConceptSampler: fixed candidates, 2 per row."""
+
+  def __init__(self, candidates_RxK):
+    self.task = types.SimpleNamespace(pad_id=PAD,
+                                      tokenizer=types.SimpleNamespace(
+                                          eos_id=EOS))
+    self.candidates_RxK = np.asarray(candidates_RxK)
+
+  def stream(self, context_BxLxK, rng, max_new, temperature):
+    del rng, max_new, temperature
+    assert len(context_BxLxK) == len(self.candidates_RxK)
+    yield None, self.candidates_RxK
+
+
+def test_partial_chunk_is_completed_by_a_matching_candidate():
+  wha = [ord(c) for c in 'wha']
+  partial_K = np.array([*wha, PAD])
+  sampler = _CandidateSampler([
+      [*wha, ord('t')], [ord('x'), PAD, PAD, PAD],  # row 0: the first fits
+      [ord('w'), ord('h'), EOS, PAD], [ord('b'), PAD, PAD, PAD],  # row 1: none
+  ])
+  chosen, new_ids = concept_generate.complete_partial(
+      sampler, np.zeros((1, K), np.int32), partial_K, 2, None, 1.0,
+      num_candidates=2)
+  np.testing.assert_array_equal(chosen, [[*wha, ord('t')], partial_K])
+  assert new_ids == [[ord('t')], []]
+
+
+def test_prompt_chunks_start_a_document_and_keep_the_last_chunk_apart():
+  task, _, _ = _model('tokens')
+  context, partial = concept_generate.prompt_chunks(task, 'To be, or')
+  np.testing.assert_array_equal(context[0], [EOS, PAD, PAD, PAD])
+  assert bytes(context[1:].reshape(-1).astype(np.uint8)) == b'To be, o'
+  np.testing.assert_array_equal(partial, [ord('r'), PAD, PAD, PAD])
+  context, partial = concept_generate.prompt_chunks(task, '')
+  assert context.shape == (1, K) and partial is None
+
+
+def test_generated_texts_stop_at_max_bytes():
+  task, params, frozen = _model('tokens')
+  run = types.SimpleNamespace(
+      task=task, state=types.SimpleNamespace(params=params, frozen=frozen))
+  pieces = []
+  texts = concept_generate.concept_lm_texts(  # no prompt: nothing to prefill
+      run, '', 2, jax.random.key(0), max_bytes=12, on_text=pieces.append)
+  assert len(texts) == 2
+  # A byte decodes to at most one character; the last chunk may overshoot.
+  assert all(len(t) < 12 + K for t in texts)
+  assert any(len(t) >= 12 for t in texts)  # random chunks rarely hold EOS
+  assert texts[0].startswith(''.join(pieces))
+
+
+def test_vocabulary_fraction_counts_words_not_punctuation():
+  vocabulary = {'to', 'be', "o'er", 'or'}
+  fraction = concept_generate.vocabulary_fraction(
+      ["To be, or O'er NOT", 'be!'], vocabulary)
+  assert fraction == 5 / 6
