@@ -100,13 +100,6 @@ def test_attention_flops(seq_len, num_heads, head_dim):
                                             rel=1 / seq_len)
 
 
-def test_concept_tasks_are_not_counted_yet():
-  config = _matmul_heavy_config()
-  config.task = 'concept_lm'
-  with pytest.raises(NotImplementedError):
-    flops.train_flops_per_step(config)
-
-
 def test_mfu():
   assert flops.mfu(6e12, step_time_s=2.0, peak_flops_per_s=1e13) == 0.3
 
