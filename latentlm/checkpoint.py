@@ -17,14 +17,19 @@ class Checkpointer:
   write is complete, so a killed process never leaves a step that looks whole.
   """
 
-  def __init__(self, directory: str, max_to_keep: int, save_every: int):
+  def __init__(self, directory: str, max_to_keep: int, save_every: int,
+               read_only: bool = False):
+    """`read_only` for readers (evaluate, generate): they may run beside a
+    live trainer, so they must neither create nor clean anything."""
+    # (Not orbax's own read_only option: it logs warnings on every load.)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=max(save_every, 1),
-        create=True, enable_async_checkpointing=True,
+        create=not read_only, enable_async_checkpointing=not read_only,
         # A killed run leaves a partial step in a temp dir; the workdir lock
-        # guarantees no live writer owns it, so it can go.
-        cleanup_tmp_directories=True)
+        # guarantees no live writer owns it, so the trainer may remove it.
+        cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(directory, options=options)
+    self.read_only = read_only
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -37,6 +42,7 @@ class Checkpointer:
     return self.manager.reached_preemption(step)
 
   def save(self, step: int, state, data_iterator, force: bool = False):
+    assert not self.read_only, 'a read-only Checkpointer does not save'
     self.manager.save(
         step,
         args=ocp.args.Composite(

@@ -6,7 +6,16 @@ tokens (argmax, pads dropped). That decoded chunk is the next step's input in
 both input kinds ('latent' re-encodes it to its posterior mean), so the model
 always reads what a real chunk of text would give it.
 
-Temperature, for every head (>= 0; 0 is deterministic):
+Temperature (>= 0). With `num_candidates` = C > 1 it means the same for
+every head, CALM's likelihood-free temperature: each step draws C vectors
+from the head at its own temperature 1, decodes them, and picks a decoded
+chunk with probability proportional to (its count among the C)^(1/T). T = 1
+is exact sampling from the model; as T -> 0 the most frequent chunk wins
+(ties at random): the batch approximation of p(chunk)^(1/T), which needs no
+likelihood, so it also serves the energy and flow heads. It sharpens only a
+model whose draws repeat: on the CPU-scale Shakespeare models almost every
+draw decodes to a different chunk, so the default is C = 1, where the
+temperature goes to the head itself:
   mse:       ignored: the head regresses one vector and has no distribution.
   energy:    scales the generator's input noise; 0 maps zero noise to one
              vector. A heuristic: smaller noise tends to sharpen the samples.
@@ -40,12 +49,27 @@ from latentlm.errors import UserError
 from latentlm.models import transformer
 
 DEFAULT_TEMPERATURE = 0.8
-NUM_CANDIDATES = 16
+NUM_CANDIDATES = 16  # draws to complete a prompt's partial last chunk
+DEFAULT_CANDIDATES = 1  # draws per step for the likelihood-free temperature
 REPEAT_COSINE = 0.9
 
 
+def choose_by_frequency(chunks_BxCxK, rng, temperature):
+  """Index per row of the candidate to keep: a decoded chunk that occurs
+  n times among the C is chosen with probability proportional to n^(1/T).
+
+  Each candidate is drawn with weight n^(1/T - 1), so its n copies together
+  weigh n^(1/T). T = 0 keeps a most frequent chunk.
+  """
+  same_BxCxC = jnp.all(chunks_BxCxK[:, :, None] == chunks_BxCxK[:, None], -1)
+  count_BxC = same_BxCxC.sum(-1).astype(jnp.float32)
+  inverse = jnp.where(temperature > 0, 1.0 / jnp.maximum(temperature, 1e-6),
+                      1e6)
+  return jax.random.categorical(rng, (inverse - 1.0) * jnp.log(count_BxC))
+
+
 @functools.cache
-def _compiled(task):
+def _compiled(task, num_candidates=1):
   """The jitted model calls of `task`, shared by its samplers."""
 
   def forward(params, frozen, chunks_BxLxK, cache):
@@ -56,20 +80,36 @@ def _compiled(task):
   def step(params, frozen, chunks_Bx1xK, cache, rng, temperature):
     """Feeds one chunk per row; samples and decodes the next one."""
     h_BxD, cache = forward(params, frozen, chunks_Bx1xK, cache)
-    z_BxZ = task.model.apply({'params': params}, h_BxD, rng, temperature,
-                             method='sample')
-    return z_BxZ, task.decode(frozen, z_BxZ), cache
+    if num_candidates == 1:
+      z_BxZ = task.model.apply({'params': params}, h_BxD, rng, temperature,
+                               method='sample')
+      return z_BxZ, task.decode(frozen, z_BxZ), cache
+    sample_rng, choose_rng = jax.random.split(rng)
+    B, C = h_BxD.shape[0], num_candidates
+    z_NxZ = task.model.apply({'params': params}, jnp.repeat(h_BxD, C, axis=0),
+                             sample_rng, 1.0, method='sample')
+    chunks_BxCxK = task.decode(frozen, z_NxZ).reshape(B, C, -1)
+    index_B = choose_by_frequency(chunks_BxCxK, choose_rng, temperature)
+    rows_B = jnp.arange(B)
+    return (z_NxZ.reshape(B, C, -1)[rows_B, index_B],
+            chunks_BxCxK[rows_B, index_B], cache)
 
   return jax.jit(forward), jax.jit(step)
 
 
 class ConceptSampler:
-  """KV-cached next-concept sampling from a concept LM task's model."""
+  """KV-cached next-concept sampling from a concept LM task's model.
 
-  def __init__(self, task, params, frozen):
+  `num_candidates` > 1 samples with CALM's likelihood-free temperature (see
+  the module docstring); 1 passes the temperature to the head.
+  """
+
+  def __init__(self, task, params, frozen, num_candidates=1):
+    if num_candidates < 1:
+      raise UserError(f'num_candidates={num_candidates} must be at least 1')
     self.task, self.params, self.frozen = task, params, frozen
     self.window = task.model_config.max_len
-    self._forward, self._step = _compiled(task)
+    self._forward, self._step = _compiled(task, num_candidates)
 
   def _prefill(self, chunks_BxLxK):
     cache = transformer.init_cache(self.task.model_config,
@@ -156,13 +196,15 @@ def complete_partial(sampler, context_LxK, partial_K, num_rows, rng,
 
 def concept_lm_texts(run, prompt: str, num_samples: int, rng,
                      temperature=DEFAULT_TEMPERATURE, max_bytes=400,
-                     on_text=None, stop_on_repeat=False) -> list[str]:
+                     on_text=None, stop_on_repeat=False,
+                     num_candidates=1) -> list[str]:
   """Samples continuations of `prompt`; `on_text` receives sample 0's pieces."""
   if temperature < 0:
     raise UserError(f'temperature={temperature} must be >= 0')
   task = run.task
   tokenizer = task.tokenizer
-  sampler = ConceptSampler(task, run.state.params, run.state.frozen)
+  sampler = ConceptSampler(task, run.state.params, run.state.frozen,
+                           num_candidates)
   context_LxK, partial_K = prompt_chunks(task, prompt)
   outputs = [[] for _ in range(num_samples)]
   decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')

@@ -1,19 +1,30 @@
 """Evaluates a trained run: python -m latentlm.evaluate --workdir=DIR [--text=F].
 
 Scores the held-out split of the run's corpus (or a text file) with the
-metrics of its task; the last stdout line is one JSON object of flat names.
+metrics of its task; the last stdout line is one JSON object of flat names,
+also appended to DIR/evaluations.jsonl for latentlm.report.
+--metric=brier scores a token or concept LM with BrierLM (latentlm/brier.py);
+--step=N evaluates an earlier kept checkpoint.
 """
 
+import dataclasses
 import json
+import os
 
 from absl import flags
 import jax
 
+from latentlm import brier
+from latentlm import checkpoint
 from latentlm import cli
+from latentlm import concept_metrics
 from latentlm import reconstruction
 from latentlm import runs
 from latentlm import train
+from latentlm import workdir as workdir_lib
 from latentlm.data import corpus
+
+EVALUATIONS = 'evaluations.jsonl'
 
 
 def eval_batches(run, split: str | None, text_path: str | None,
@@ -41,11 +52,47 @@ def evaluate(run, split=None, text_path=None, batch_size=16) -> dict:
     metrics = token_lm_metrics(run, batches)
   elif run.config.task == 'autoencoder':
     metrics = reconstruction.reconstruction_metrics(run, batches)
+  elif run.config.task == 'concept_lm':
+    metrics = concept_metrics.concept_lm_eval(run, batches)
   else:
     raise cli.UserError(f'evaluation of task {run.config.task!r} is not '
                         'available yet')
   return dict(metrics, step=run.step,
               data=text_path or f'{run.config.data.name}:{split}')
+
+
+def evaluate_brier(run, split=None, text_path=None, **kwargs) -> dict:
+  """BrierLM on the split's documents (or the text), as brier.py defines."""
+  split = split or run.config.data.eval_split
+  if text_path is not None:
+    documents = [corpus.read_text_file(text_path)]
+  else:
+    documents = [t if isinstance(t, bytes) else t.encode('utf-8')
+                 for t in corpus.split_texts(run.config.data, split)]
+  metrics = brier.evaluate_run(run, documents, **kwargs)
+  return dict(metrics, step=run.step,
+              data=text_path or f'{run.config.data.name}:{split}')
+
+
+def at_step(run, workdir_path: str, step: int):
+  """`run` with the state of its kept checkpoint `step`."""
+  path = workdir_lib.Workdir(workdir_path).checkpoints
+  ckpt = checkpoint.Checkpointer(path, max_to_keep=1000, save_every=1,
+                                 read_only=True)
+  kept = sorted(ckpt.manager.all_steps())
+  if step not in kept:
+    ckpt.close()
+    raise cli.UserError(f'--step={step} is not a kept checkpoint of '
+                        f'{workdir_path}; kept: {kept}')
+  state = ckpt.restore_state(step, run.trainer.abstract_state)
+  ckpt.close()
+  return dataclasses.replace(run, state=state, step=step)
+
+
+def record(workdir_path: str, metrics: dict):
+  """Appends one evaluation to the workdir's evaluations.jsonl."""
+  with open(os.path.join(workdir_path, EVALUATIONS), 'a') as f:
+    f.write(json.dumps(metrics) + '\n')
 
 
 def define_flags():
@@ -56,6 +103,19 @@ def define_flags():
   flags.DEFINE_string('split', None, "Split of the run's corpus (default: the "
                       "config's eval split).")
   flags.DEFINE_integer('batch_size', 16, 'Rows per evaluation batch.')
+  flags.DEFINE_enum('metric', 'default', ['default', 'brier'], "default: the "
+                    "task's metrics; brier: BrierLM (token and concept LMs).")
+  flags.DEFINE_integer('step', None, 'Evaluate this kept checkpoint '
+                       '(default: the latest).')
+  flags.DEFINE_integer('num_positions', 256, 'BrierLM positions (more: a '
+                       'narrower CI, linearly slower).')
+  flags.DEFINE_integer('block_bytes', 128, 'BrierLM context bytes before '
+                       'each position.')
+  flags.DEFINE_integer('max_new_bytes', 64, 'BrierLM: longest continuation '
+                       'sampled per position.')
+  flags.DEFINE_integer('seed', 0, 'BrierLM positions and samples.')
+  flags.DEFINE_enum('ngram_unit', 'bytes', ['bytes', 'words'], 'BrierLM '
+                    'n-grams of bytes or of words (see latentlm/brier.py).')
 
 
 def main(argv):
@@ -64,7 +124,17 @@ def main(argv):
   if f.text is not None:
     corpus.read_text_file(f.text, warn=False)  # fail on a missing file first
   run = runs.load(f.workdir, devices=jax.devices())
-  metrics = evaluate(run, f.split, f.text, f.batch_size)
+  if f.step is not None:
+    run = at_step(run, f.workdir, f.step)
+  if f.metric == 'brier':
+    metrics = evaluate_brier(run, f.split, f.text, seed=f.seed,
+                             block_bytes=f.block_bytes,
+                             num_positions=f.num_positions,
+                             max_new_bytes=f.max_new_bytes,
+                             unit=f.ngram_unit)
+  else:
+    metrics = evaluate(run, f.split, f.text, f.batch_size)
+  record(f.workdir, dict(metrics, metric=f.metric))
   for name, value in metrics.items():
     print(f'{name:>24s}  {value}')
   print(json.dumps(metrics))

@@ -135,14 +135,16 @@ def head_flops_per_position(head, d_model: int, latent_dim: int,
   return dense_flops_per_token(weights)
 
 
-def concept_lm_flops_per_position(config) -> dict:
+def concept_lm_flops_per_position(config, autoencoder=None) -> dict:
   """The causal stack, its input projection and the head, per concept.
 
-  K and the latent size come from the stage-1 workdir's config. Its frozen
-  encoder, which makes inputs and targets, is not counted: like a
-  tokenizer, it prepares data, and nothing of it is trained.
+  K and the latent size come from the stage-1 config: `autoencoder`, or
+  else that of the stage-1 workdir. Its frozen encoder, which makes inputs
+  and targets, is not counted: like a tokenizer, it prepares data, and
+  nothing of it is trained.
   """
-  autoencoder = workdir.Workdir(config.autoencoder_workdir).load_config()
+  if autoencoder is None:
+    autoencoder = workdir.Workdir(config.autoencoder_workdir).load_config()
   K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
   D = config.model.d_model
   stack = transformer_flops_per_token(config.model, config.data.seq_len)
@@ -152,8 +154,9 @@ def concept_lm_flops_per_position(config) -> dict:
   return {k: stack[k] + inputs[k] + head[k] for k in stack}
 
 
-def train_flops_per_step(config) -> float:
-  """Model FLOPs of one optimizer step of `config` (all devices together).
+def train_flops_per_step(config, autoencoder=None) -> float:
+  """Model FLOPs of one optimizer step of `config` (all devices together);
+  a concept LM's stage-1 config is `autoencoder` or its workdir's.
 
   Uses `config.model.vocab_size`; a tokenizer with another vocabulary size
   must be reflected there for the head term to be right.
@@ -167,7 +170,8 @@ def train_flops_per_step(config) -> float:
     return chunks * autoencoder_flops_per_chunk(config.model)['train']
   if config.task == 'concept_lm':
     positions = config.train.batch_size * config.data.seq_len
-    return positions * concept_lm_flops_per_position(config)['train']
+    per_position = concept_lm_flops_per_position(config, autoencoder)
+    return positions * per_position['train']
   raise ValueError(f'unknown task {config.task!r}')
 
 

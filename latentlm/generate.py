@@ -115,6 +115,7 @@ def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,
 def generate_texts(run, prompt: str, num_samples: int, rng, **kwargs):
   """Samples for any task; the entry point train and the CLI share."""
   if run.config.task == 'token_lm':
+    kwargs.pop('num_candidates', None)  # a concept LM's sampling option
     return token_lm_texts(run, prompt, num_samples, rng, **kwargs)
   if run.config.task == 'autoencoder':  # a round trip: no sampling arguments
     return reconstruction.autoencoder_texts(run, prompt, num_samples, rng)
@@ -133,12 +134,18 @@ def define_flags():
   flags.DEFINE_float('temperature', 0.8, 'Sampling temperature (> 0; 0 = greedy).')
   flags.DEFINE_float('top_p', 0.95, 'Nucleus sampling mass in (0, 1].')
   flags.DEFINE_integer('max_bytes', 400, 'Stop after about this many bytes.')
+  flags.DEFINE_integer(
+      'candidates', concept_generate.DEFAULT_CANDIDATES,
+      'Concept LM: head samples per step that the temperature chooses among '
+      '(latentlm/concept_generate.py); 1 passes the temperature to the head.')
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
   check_sampling_args(f.temperature, f.top_p, f.max_bytes)
+  if f.candidates < 1:
+    raise UserError(f'--candidates={f.candidates} must be at least 1')
   run = runs.load(f.workdir)
   if run.config.task == 'autoencoder':  # the round trip replaces the prompt
     print(generate_texts(run, f.prompt, 1, jax.random.key(f.seed))[0])
@@ -147,7 +154,8 @@ def main(argv):
   write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
   generate_texts(run, f.prompt, 1, jax.random.key(f.seed),
                  temperature=f.temperature, top_p=f.top_p,
-                 max_bytes=f.max_bytes, on_text=write)
+                 max_bytes=f.max_bytes, on_text=write,
+                 num_candidates=f.candidates)
   sys.stdout.write('\n')
 
 

@@ -23,7 +23,8 @@ class Run:
 
 
 def load(workdir_path: str, devices=None) -> Run:
-  """Restores the latest checkpoint of a workdir onto `devices` (default: one).
+  """Restores the latest checkpoint of a workdir onto `devices` (default: one
+  of this process's, which every process of a multi-host run can address).
 
   A run saved on any mesh restores here: the restore target carries this
   mesh's shardings.
@@ -31,7 +32,7 @@ def load(workdir_path: str, devices=None) -> Run:
   from latentlm import train  # pylint: disable=g-import-not-at-top
   workdir = workdir_lib.Workdir(workdir_path)
   config = workdir.load_config()
-  devices = devices or jax.devices()[:1]
+  devices = devices or jax.local_devices()[:1]
   with config.unlocked():
     config.mesh = ml_collections.ConfigDict(
         dict(data=len(devices), fsdp=1, tensor=1))
@@ -39,7 +40,7 @@ def load(workdir_path: str, devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh, devices)
   trainer = train.Trainer(config, task, mesh)
   ckpt = checkpoint.Checkpointer(workdir.checkpoints, max_to_keep=1000,
-                                 save_every=1)
+                                 save_every=1, read_only=True)
   step = ckpt.latest_step()
   if step is None:
     raise UserError(f'{workdir.path} has no checkpoint yet; train first')

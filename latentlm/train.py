@@ -15,12 +15,14 @@ import time
 from absl import flags
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from latentlm import checkpoint
 from latentlm import cli
 from latentlm import config_lib
 from latentlm import distributed
+from latentlm import flops
 from latentlm import reliability
 from latentlm import sharding
 from latentlm import step as step_lib
@@ -128,6 +130,25 @@ class Trainer:
     return means
 
 
+def peak_flops_per_s(devices) -> float:
+  """The peak FLOP/s that MFU is measured against: on TPU the chips' bf16
+  table, elsewhere one float32 matmul timed here (it uses every core of the
+  host, so it counts once per process, not per device)."""
+  chip_peak = flops.device_peak_flops(devices[0])
+  if chip_peak is not None:
+    return chip_peak * len(devices)
+  n = 1024  # small: timed once at start; the rate is near that of larger ones
+  a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a_NxN, a_NxN).block_until_ready()  # compile
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    matmul(a_NxN, a_NxN).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n ** 3 / float(np.median(times)) * jax.process_count()
+
+
 # ============================================================================
 # main
 # ============================================================================
@@ -171,6 +192,10 @@ def train(config, workdir_path: str) -> dict:
   # --- loop -------------------------------------------------------------
   num_steps = config.train.num_steps
   tokens_per_step = task.tokens_per_step()
+  model_flops_per_step = flops.train_flops_per_step(config)
+  # Measured on every process, so that none reaches the first collective
+  # later than the others; process 0 logs it.
+  peak = peak_flops_per_s(list(mesh.devices.flat))
   progress = _progress_bar(config, start_step, num_steps, is_lead)
   stop = reliability.StopSignal()  # SIGTERM: save this step, exit cleanly
   eval_metrics, train_metrics = {}, []
@@ -189,6 +214,8 @@ def train(config, workdir_path: str) -> dict:
         now = time.perf_counter()
         logged['train/tokens_per_s'] = (
             tokens_per_step * (step - last_step) / (now - last_time))
+        logged['train/mfu'] = flops.mfu(  # model FLOPs (latentlm.flops)
+            model_flops_per_step, (now - last_time) / (step - last_step), peak)
         last_time, last_step, train_metrics = now, step, []
         writer.write(step, logged)
         progress.set_postfix(loss=f"{logged['train/loss']:.4f}",
@@ -268,7 +295,8 @@ def train_pipeline(config, workdir_path: str) -> dict:
   from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
   from latentlm import generate  # pylint: disable=g-import-not-at-top
   from latentlm import runs  # pylint: disable=g-import-not-at-top
-  config_lib.check_positive(config)
+  for name in PIPELINE_STAGES:
+    config_lib.check_positive(config.stages[name])
   workdir = workdir_lib.Workdir(workdir_path)
   workdir.check_compatible(config)
   os.makedirs(workdir.path, exist_ok=True)
@@ -295,7 +323,8 @@ def train_pipeline(config, workdir_path: str) -> dict:
   samples = config.samples
   texts = generate.generate_texts(
       run, samples.prompt, samples.num_samples, jax.random.key(config.seed),
-      temperature=samples.temperature, max_bytes=samples.max_bytes)
+      temperature=samples.temperature, max_bytes=samples.max_bytes,
+      num_candidates=samples.num_candidates)
   for i, text in enumerate(texts):
     print(f'--- sample {i}\n{samples.prompt}{text}\n', flush=True)
   vocabulary = concept_generate.training_vocabulary(run.config.data)

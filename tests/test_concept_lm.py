@@ -308,3 +308,39 @@ def test_vocabulary_fraction_counts_words_not_punctuation():
   fraction = concept_generate.vocabulary_fraction(
       ["To be, or O'er NOT", 'be!'], vocabulary)
   assert fraction == 5 / 6
+
+
+# ------------------------------------- CALM's likelihood-free temperature
+CANDIDATES_1x6xK = np.array([[[1] * K, [2] * K, [2] * K, [3] * K, [3] * K,
+                              [3] * K]])  # chunk counts 1, 2, 3
+
+
+@pytest.mark.parametrize('temperature', [1.0, 0.5, 2.0])
+def test_frequency_choice_weighs_each_chunk_by_count_to_the_one_over_t(
+    temperature):
+  keys = jax.random.split(jax.random.key(0), 20_000)
+  index_D = jax.vmap(lambda key: concept_generate.choose_by_frequency(
+      jnp.asarray(CANDIDATES_1x6xK), key, temperature)[0])(keys)
+  chunk_D = CANDIDATES_1x6xK[0, np.asarray(index_D), 0]
+  observed = np.bincount(chunk_D, minlength=4)[1:] / len(chunk_D)
+  weights = np.array([1.0, 2.0, 3.0]) ** (1 / temperature)  # numpy reference
+  np.testing.assert_allclose(observed, weights / weights.sum(), atol=0.015)
+
+
+def test_frequency_choice_at_zero_temperature_keeps_the_most_frequent():
+  for seed in range(20):
+    index = concept_generate.choose_by_frequency(
+        jnp.asarray(CANDIDATES_1x6xK), jax.random.key(seed), 0.0)
+    assert int(index[0]) in (3, 4, 5)
+
+
+def test_generation_with_candidates_emits_decoded_candidates():
+  task, params, frozen = _model('tokens')
+  run = types.SimpleNamespace(
+      task=task, state=types.SimpleNamespace(params=params, frozen=frozen))
+  texts = concept_generate.concept_lm_texts(
+      run, '', 2, jax.random.key(0), temperature=0.5, max_bytes=12,
+      num_candidates=4)
+  assert len(texts) == 2 and any(len(t) >= 12 for t in texts)
+  with pytest.raises(UserError, match='num_candidates=0'):
+    concept_generate.ConceptSampler(task, params, frozen, num_candidates=0)

@@ -125,3 +125,9 @@ def test_bench_train_reports_consistent_numbers(tmp_path, monkeypatch):
   assert (result['model_flops_per_step'] < result['xla_flops_per_step'] <
           3 * result['model_flops_per_step'])
   assert result['data_tokens_per_s'] > 0
+
+
+def test_train_loop_peak_is_the_chip_table_on_tpu_else_a_matmul():
+  v5p = types.SimpleNamespace(platform='tpu', device_kind='TPU v5')
+  assert train.peak_flops_per_s([v5p] * 4) == 4 * flops.TPU_PEAK_FLOPS['v5p']
+  assert 1e8 < train.peak_flops_per_s(jax.devices()) < 1e14  # CPU FLOP/s

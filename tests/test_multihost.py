@@ -168,6 +168,8 @@ def _train_twice(config_name, config, workdir, cache_dir):
 
 def _check_against_reference(records, reference_losses, reference_evals):
   losses = {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
+  # Process 0 logs MFU against the measured matmul (these CPUs have no table).
+  assert all(r['train/mfu'] > 0 for r in records if 'train/loss' in r)
   assert sorted(losses) == list(range(1, 2 * N + 1))  # no gaps, no repeats
   np.testing.assert_allclose([losses[s] for s in sorted(losses)],
                              reference_losses, rtol=1e-5)
@@ -230,8 +232,8 @@ def _fake_autoencoder_workdir(path, data_dir):
 @pytest.mark.slow
 @pytest.mark.xfail(
     run=False, strict=True,
-    reason='runs.load restores the stage-1 autoencoder onto jax.devices()[:1], '
-    'which process 1 cannot address; it needs jax.local_devices()[:1]')
+    reason='under pytest, process 0 times out (gloo, 30 s) waiting for process '
+    '1 at the first step; the same two runs pass outside pytest: unresolved')
 def test_concept_lm_on_two_processes_equals_one(tmp_path, data_dir,
                                                 cache_dir):
   autoencoder = str(tmp_path / 'autoencoder')

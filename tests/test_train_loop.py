@@ -78,6 +78,18 @@ def test_checkpoint_from_8_devices_restores_on_1(full_run):
                               jax.device_get(on_eight.state.params))
 
 
+def test_readers_leave_a_live_trainers_partial_checkpoint_alone(full_run):
+  # What an async save in progress looks like to a reader beside the trainer.
+  partial = os.path.join(full_run, 'checkpoints',
+                         f'{2 * N + 1}.orbax-checkpoint-tmp-0')
+  os.makedirs(partial)
+  try:
+    assert runs.load(full_run).step == 2 * N
+    assert os.path.isdir(partial)
+  finally:
+    os.rmdir(partial)
+
+
 def test_evaluate_reports_bits_per_byte(full_run, tmp_path):
   result = helpers.run_module('evaluate', f'--workdir={full_run}')
   assert result.returncode == 0, result.stderr[-2000:]

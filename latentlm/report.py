@@ -1,0 +1,237 @@
+"""Tables and plots of finished runs: python -m latentlm.report DIRS... --out=DIR.
+
+Reads each workdir's config.json, metrics.jsonl and evaluations.jsonl (what
+`python -m latentlm.evaluate` appends) and writes to --out:
+  report.md                   one row per run: config summary, trainable
+                              params, training FLOPs, final eval metrics
+                              (metrics.jsonl's last, overridden by what
+                              evaluate measured at the latest step it
+                              evaluated, shown as 'evaluated at')
+  brier_vs_flops.png          BrierLM against training FLOPs, a line per run
+                              (its evaluations at several checkpoints)
+  bits_per_byte_vs_flops.png  eval bits/byte against training FLOPs (runs
+                              with a likelihood), from metrics.jsonl
+  reconstruction_vs_noise.png autoencoder token accuracy against noise sigma
+Plots need matplotlib (pip install -e '.[report]'); --noplots skips them.
+"""
+
+import functools
+import json
+import os
+import re
+
+from absl import flags
+import jax
+import ml_collections
+
+from latentlm import cli
+from latentlm import flops
+from latentlm import workdir as workdir_lib
+from latentlm.errors import UserError
+
+_NOISE = re.compile(r'^token_acc_noise_([0-9.]+)$')
+TABLE_METRICS = ('bits_per_byte', 'brier_lm', 'latent_l2', 'roundtrip_l2',
+                 'gmm_nll', 'token_acc', 'token_acc_noise_0.3')
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def config_summary(config) -> str:
+  """The fields that tell variants apart, per task."""
+  if config.task == 'token_lm':
+    m = config.model
+    return (f'token_lm {config.data.tokenizer} d={m.d_model} L={m.num_layers}'
+            f' seq={config.data.seq_len}')
+  if config.task == 'concept_lm':
+    m = config.model
+    return (f'concept_lm head={config.head.name} input={m.input} '
+            f'd={m.d_model} L={m.num_layers} seq={config.data.seq_len}')
+  if config.task == 'autoencoder':
+    return (f'autoencoder K={config.segment.chunk_len} '
+            f'segment={config.segment.kind} Dz={config.model.latent_dim}')
+  return config.task
+
+
+def trainable_params(config) -> int | None:
+  """Parameters the run trains (a concept LM's frozen stage 1 excluded);
+  None when the config cannot be built here (e.g. a missing stage-1 run)."""
+  return _trainable_params(config.to_json())
+
+
+@functools.cache
+def _trainable_params(config_json: str) -> int | None:
+  """Cached by config: a sweep's runs often share one model."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  from latentlm import tasks  # pylint: disable=g-import-not-at-top
+  from latentlm.models import transformer  # pylint: disable=g-import-not-at-top
+  from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
+  try:
+    if config.task == 'concept_lm':  # the stage-1 config, not its weights
+      task = concept_lm.Task(config, concept_lm.load_autoencoder_config(
+          config.autoencoder_workdir))
+    else:
+      task = tasks.get_task(config)
+    params, _ = jax.eval_shape(task.init, jax.random.key(0))
+  except UserError:
+    return None
+  return transformer.param_count(params)
+
+
+def load_run(path: str) -> dict:
+  """What the report needs of one workdir."""
+  workdir = workdir_lib.Workdir(path)
+  config = workdir.load_config()
+  records = workdir_lib.read_metrics(workdir)
+  evaluations = _read_jsonl(os.path.join(workdir.path, 'evaluations.jsonl'))
+  flops_per_step = flops.train_flops_per_step(config)
+  final_step = max((r['step'] for r in records), default=0)
+  final = {}
+  for record in records:  # the latest value of each eval metric
+    final.update({k[len('eval/'):]: v for k, v in record.items()
+                  if k.startswith('eval/')})
+  # Then what evaluate measured, at the latest step it evaluated (an
+  # earlier checkpoint than the last one, when so run: see `evaluated_step`).
+  evaluated_step = max((r.get('step', 0) for r in evaluations), default=None)
+  for record in evaluations:
+    if record.get('step', 0) == evaluated_step:
+      final.update({k: v for k, v in record.items()
+                    if isinstance(v, (int, float)) and k != 'step'})
+  return dict(
+      name=os.path.basename(workdir.path.rstrip('/')), path=workdir.path,
+      config=config, summary=config_summary(config),
+      params=trainable_params(config), flops_per_step=flops_per_step,
+      final_step=final_step, evaluated_step=evaluated_step,
+      train_flops=flops_per_step * final_step,
+      final=final, records=records, evaluations=evaluations)
+
+
+def _cell(value) -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return str(value)
+
+
+def markdown_table(runs) -> str:
+  columns = [m for m in TABLE_METRICS if any(m in r['final'] for r in runs)]
+  header = ['run', 'config', 'params', 'steps', 'train FLOPs',
+            'evaluated at'] + columns
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  for r in runs:
+    cells = [r['name'], r['summary'], _cell(r['params']), r['final_step'],
+             f"{r['train_flops']:.3g}", _cell(r['evaluated_step'])]
+    cells += [_cell(r['final'].get(m)) for m in columns]
+    lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+# ----------------------------------------------------------------- series
+def brier_series(run):
+  """[(training FLOPs, brier_lm)] of the run's BrierLM evaluations."""
+  points = {r['step']: r['brier_lm'] for r in run['evaluations']
+            if 'brier_lm' in r}
+  return [(step * run['flops_per_step'], value)
+          for step, value in sorted(points.items())]
+
+
+def bits_per_byte_series(run):
+  return [(r['step'] * run['flops_per_step'], r['eval/bits_per_byte'])
+          for r in run['records'] if 'eval/bits_per_byte' in r]
+
+
+def noise_series(run):
+  """[(sigma, token accuracy)], sigma 0 being the clean reconstruction."""
+  final = run['final']
+  points = [(float(m.group(1)), v) for k, v in final.items()
+            if (m := _NOISE.match(k))]
+  if 'token_acc' in final:
+    points.append((0.0, final['token_acc']))
+  return sorted(points)
+
+
+def _pyplot():
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError("plots need matplotlib: pip install -e '.[report]' "
+                    '(or pass --noplots)') from e
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot(series_by_run: dict, path: str, xlabel: str, ylabel: str,
+         log_x: bool) -> bool:
+  """One line per run; writes nothing when no run has points."""
+  series_by_run = {k: v for k, v in series_by_run.items() if v}
+  if not series_by_run:
+    return False
+  plt = _pyplot()
+  figure, axes = plt.subplots(figsize=(6, 4))
+  for name, points in series_by_run.items():
+    x, y = zip(*points)
+    axes.plot(x, y, marker='o', label=name)
+  if log_x:
+    axes.set_xscale('log')
+  axes.set(xlabel=xlabel, ylabel=ylabel)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return True
+
+
+def write_report(run_dirs, out: str, plots: bool = True) -> dict:
+  """Writes report.md (and the plots); returns {'table': path, ...}."""
+  if not run_dirs:
+    raise UserError('name at least one run directory')
+  runs = [load_run(path) for path in run_dirs]
+  if plots:
+    _pyplot()  # fail before writing anything
+  os.makedirs(out, exist_ok=True)
+  written = dict(table=os.path.join(out, 'report.md'))
+  with open(written['table'], 'w') as f:
+    f.write(markdown_table(runs))
+  if not plots:
+    return written
+  label = lambda r: f"{r['name']} ({r['summary']})"
+  figures = dict(
+      brier=(brier_series, 'brier_vs_flops.png', 'training FLOPs', 'BrierLM',
+             True),
+      bits_per_byte=(bits_per_byte_series, 'bits_per_byte_vs_flops.png',
+                     'training FLOPs', 'eval bits/byte', True),
+      reconstruction=(noise_series, 'reconstruction_vs_noise.png',
+                      'noise sigma on z', 'token accuracy', False))
+  for key, (series, name, xlabel, ylabel, log_x) in figures.items():
+    path = os.path.join(out, name)
+    if plot({label(r): series(r) for r in runs}, path, xlabel, ylabel, log_x):
+      written[key] = path
+  return written
+
+
+def define_flags():
+  flags.DEFINE_string('out', None, 'Directory for report.md and the plots.')
+  flags.DEFINE_bool('plots', True, 'Write PNG plots (needs matplotlib).')
+
+
+def main(argv):
+  f = flags.FLAGS
+  if not f.out:
+    raise UserError('--out is required: a directory for the report')
+  written = write_report(argv[1:], f.out, f.plots)
+  with open(written['table']) as table:
+    print(table.read(), end='')
+  print(json.dumps(written))
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)

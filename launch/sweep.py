@@ -1,0 +1,130 @@
+"""Runs a grid of configs, one after another here, or prints one command each.
+
+  python launch/sweep.py --config=configs/token_lm.py:size=nano \\
+      --grid='args.size=nano,tiny' --grid='train.num_steps=100,200' \\
+      --root=/tmp/sweep [--evaluate=brier] [--eval_flag=--block_bytes=64] \\
+      [--print]
+
+Each --grid axis is NAME=V1,V2,...: `args.NAME` sets an argument of the
+config file (FILE.py:NAME=V), any other NAME a config field
+(--config.NAME=V). The runs are the product of the axes; each trains into
+ROOT/<values of the axes that have several>, then is evaluated (its task's
+metrics, and BrierLM with --evaluate=brier; --eval_flag passes flags to
+evaluate), so `python -m latentlm.report ROOT/*` tabulates them.
+Runs go one at a time: in parallel they would share the CPU and distort the
+timings. A run whose workdir already holds an evaluation is skipped, so a
+rerun finishes an interrupted sweep. --print prints one shell line per run
+instead (train, then evaluate), for a fleet of machines.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+  name, sep, values = text.partition('=')
+  values = [v for v in values.split(',') if v]
+  if not sep or not name or not values:
+    raise ValueError(f'--grid={text!r} must look like NAME=V1,V2')
+  return name, values
+
+
+def runs(config: str, axes: list[tuple[str, list[str]]]):
+  """[(run name, config flag, override flags)] of the grid's product."""
+  path, _, base_args = config.partition(':')
+  result = []
+  for values in itertools.product(*(v for _, v in axes)):
+    args = [a for a in base_args.split(',') if a]
+    overrides = []
+    for (name, _), value in zip(axes, values):
+      if name.startswith('args.'):
+        key = name[len('args.'):]
+        args = [a for a in args if a.partition('=')[0] != key]
+        args.append(f'{key}={value}')
+      else:
+        overrides.append(f'--config.{name}={value}')
+    # Only axes with several values tell runs apart; others would be noise.
+    run_name = '_'.join(f'{n.removeprefix("args.")}-{v}'
+                        for (n, vs), v in zip(axes, values)
+                        if len(vs) > 1) or 'base'
+    config_flag = f'--config={path}' + (f':{",".join(args)}' if args else '')
+    result.append((run_name, config_flag, overrides))
+  return result
+
+
+def commands(workdir: str, config_flag: str, overrides: list[str],
+             metrics: list[str], eval_flags=(), python: str = 'python'):
+  """The train command, then one evaluate command per metric."""
+  python = [python, '-m']
+  train = python + ['latentlm.train', config_flag, *overrides,
+                    f'--workdir={workdir}']
+  return [train] + [python + ['latentlm.evaluate', f'--workdir={workdir}',
+                              f'--metric={m}', *eval_flags] for m in metrics]
+
+
+def evaluated(workdir: str) -> set[str]:
+  """The metrics evaluate has recorded in `workdir`."""
+  path = os.path.join(workdir, 'evaluations.jsonl')
+  if not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    return {json.loads(line).get('metric', 'default') for line in f
+            if line.strip()}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', required=True,
+                      help='Base config, FILE.py[:ARGS].')
+  parser.add_argument('--grid', action='append', default=[],
+                      help='An axis NAME=V1,V2 (repeatable).')
+  parser.add_argument('--root', required=True, help='One workdir per run in it.')
+  parser.add_argument('--evaluate', choices=['default', 'brier'],
+                      action='append', default=None,
+                      help='Also BrierLM: --evaluate=brier (repeatable).')
+  parser.add_argument('--eval_flag', action='append', default=[],
+                      help="A flag for every evaluate, e.g. "
+                      "--eval_flag=--block_bytes=64 (repeatable).")
+  parser.add_argument('--print', action='store_true', dest='print_only',
+                      help='Print one shell line per run; run nothing.')
+  a = parser.parse_args(argv)
+  try:
+    axes = [parse_axis(g) for g in a.grid]
+  except ValueError as e:
+    parser.exit(2, f'error: {e}\n')
+  if not os.path.exists(os.path.join(REPO, a.config.partition(':')[0])) and (
+      not os.path.exists(a.config.partition(':')[0])):
+    parser.exit(2, f'error: no config file {a.config.partition(":")[0]!r}\n')
+  metrics = ['default'] + [m for m in a.evaluate or [] if m != 'default']
+  failed = []
+  for name, config_flag, overrides in runs(a.config, axes):
+    workdir = os.path.join(a.root, name)
+    if a.print_only:
+      steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag)
+      print(' && '.join(shlex.join(c) for c in steps))
+      continue
+    if set(metrics) <= evaluated(workdir):
+      print(f'{name}: evaluated already, skipped', flush=True)
+      continue
+    steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag,
+                     python=sys.executable)
+    print(f'{name}: {shlex.join(steps[0][2:])}', flush=True)
+    for command in steps:
+      if subprocess.run(command, cwd=REPO).returncode:
+        failed.append(name)
+        break
+  if failed:
+    parser.exit(1, f'error: {len(failed)} run(s) failed: {", ".join(failed)}\n')
+  if not a.print_only:
+    print(f'report: python -m latentlm.report {a.root}/* --out={a.root}/report')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,83 @@
+"""launch/sweep.py: the grid's product, printed commands, sequential runs."""
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+
+import helpers
+
+_spec = importlib.util.spec_from_file_location(
+    'sweep', os.path.join(helpers.REPO, 'launch', 'sweep.py'))
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+CONFIG = 'configs/token_lm.py:size=nano'
+GRID = ['--grid=args.size=nano,tiny', '--grid=train.num_steps=5,10']
+
+
+def test_the_grid_is_the_product_of_its_axes():
+  axes = [sweep.parse_axis('args.size=nano,tiny'),
+          sweep.parse_axis('optimizer.learning_rate=1e-3')]
+  runs = sweep.runs(CONFIG, axes)
+  assert runs == [  # a one-value axis does not name the runs
+      ('size-nano',
+       '--config=configs/token_lm.py:size=nano',
+       ['--config.optimizer.learning_rate=1e-3']),
+      ('size-tiny',
+       '--config=configs/token_lm.py:size=tiny',
+       ['--config.optimizer.learning_rate=1e-3'])]
+
+
+def test_print_gives_one_command_line_per_run(capsys, tmp_path):
+  sweep.main(['--config', CONFIG, *GRID, f'--root={tmp_path}',
+              '--evaluate=brier', '--eval_flag=--block_bytes=64', '--print'])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4
+  assert lines[3] == (
+      'python -m latentlm.train --config=configs/token_lm.py:size=tiny '
+      f'--config.train.num_steps=10 --workdir={tmp_path}/size-tiny_train.'
+      'num_steps-10 && python -m latentlm.evaluate --workdir='
+      f'{tmp_path}/size-tiny_train.num_steps-10 --metric=default '
+      '--block_bytes=64 && python '
+      f'-m latentlm.evaluate --workdir={tmp_path}/size-tiny_train.num_steps-10'
+      ' --metric=brier --block_bytes=64')
+  assert not os.listdir(tmp_path)  # nothing ran
+
+
+def test_runs_go_one_after_another_and_finished_ones_are_skipped(
+    monkeypatch, tmp_path, capsys):
+  ran = []
+  def fake_run(command, cwd):
+    ran.append(command[2:])
+    return subprocess.CompletedProcess(command, 0)
+  monkeypatch.setattr(sweep.subprocess, 'run', fake_run)
+  done = tmp_path / 'size-nano_train.num_steps-5'
+  done.mkdir()
+  (done / 'evaluations.jsonl').write_text(json.dumps({'metric': 'default'}))
+  sweep.main(['--config', CONFIG, *GRID, f'--root={tmp_path}'])
+  workdirs = [c[-1] for c in ran if c[0] == 'latentlm.train']
+  assert workdirs == [f'--workdir={tmp_path}/{n}' for n in (
+      'size-nano_train.num_steps-10', 'size-tiny_train.num_steps-5',
+      'size-tiny_train.num_steps-10')]
+  assert [c[0] for c in ran] == ['latentlm.train', 'latentlm.evaluate'] * 3
+  assert 'evaluated already, skipped' in capsys.readouterr().out
+
+
+def test_a_failed_run_is_reported_in_one_line(monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(sweep.subprocess, 'run', lambda command, cwd:
+                      subprocess.CompletedProcess(command, 1))
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main(['--config', CONFIG, '--grid=train.num_steps=5',
+                f'--root={tmp_path}'])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err == 'error: 1 run(s) failed: base\n'
+
+
+@pytest.mark.parametrize('grid', ['size', 'size=', '=nano'])
+def test_a_bad_axis_is_one_line(grid, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    sweep.main(['--config', CONFIG, f'--grid={grid}', f'--root={tmp_path}'])
+  assert capsys.readouterr().err.startswith('error: --grid=')
