@@ -1,4 +1,4 @@
-"""Tokenizers: text <-> int32 ids. Bytes now; SentencePiece BPE to come.
+"""Tokenizers: text <-> int32 ids: bytes, or SentencePiece BPE (spm:VOCAB).
 
 Every tokenizer has `encode`, `decode`, `decode_bytes`, `token_byte_lengths`
 and the attributes `pad_id`, `bos_id`, `eos_id`, `vocab_size`. `encode` adds
@@ -41,14 +41,21 @@ class ByteTokenizer:
     return (np.arange(self.vocab_size) < NUM_BYTES).astype(np.int32)
 
 
-# Name -> constructor taking the data config. A trained SentencePiece model
-# will register here as 'sentencepiece'.
+def _sentencepiece(data_config, arg):
+  # Imported here: it imports this module, and bytes need none of it.
+  from latentlm.data import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
+  return sentencepiece_tokenizer.from_data_config(data_config, arg)
+
+
+# Name -> constructor taking the data config and the text after 'NAME:'.
 TOKENIZERS = {
-    'bytes': lambda data_config: ByteTokenizer(),
+    'bytes': lambda data_config, arg: ByteTokenizer(),
+    'spm': _sentencepiece,  # spm:VOCAB, trained on the training split
 }
 
 
 def get_tokenizer(data_config):
-  """The tokenizer named by `data_config.tokenizer`."""
-  name = config_lib.choose('data.tokenizer', data_config.tokenizer, TOKENIZERS)
-  return TOKENIZERS[name](data_config)
+  """The tokenizer named by `data_config.tokenizer` ('bytes', 'spm:1024')."""
+  name, _, arg = data_config.tokenizer.partition(':')
+  name = config_lib.choose('data.tokenizer', name, TOKENIZERS)
+  return TOKENIZERS[name](data_config, arg)

@@ -1,0 +1,40 @@
+"""Study (e): autoregressor input. Does the concept LM learn more from the
+previous chunk's tokens (CALM) or from the previous latent vector?
+
+input in {tokens, latent} (latentlm/models/concept_lm.py INPUTS), one shared
+stage-1 autoencoder, the same stage-2 FLOPs for both. Run the whole study:
+
+  python launch/sweep.py --config=configs/paper/ar_input.py:stage=autoencoder \\
+      --root=/tmp/paper/ar_input/ae && \\
+  python launch/sweep.py \\
+      --config=configs/paper/ar_input.py:ae_root=/tmp/paper/ar_input/ae \\
+      --grid=args.input=tokens,latent --root=/tmp/paper/ar_input/lm \\
+      --evaluate=brier
+  python -m latentlm.report /tmp/paper/ar_input/lm/* \\
+      --out=/tmp/paper/ar_input/report
+
+Expected cost on 2 CPU cores (an estimate from the documented times of
+configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): about
+2 minutes of stage 1 and 3 minutes per input, 8 minutes on an idle machine.
+
+Args: input (tokens), stage (concept_lm | autoencoder), ae_root.
+"""
+
+import importlib.util
+import os
+
+from latentlm import config_lib
+from latentlm.models import concept_lm
+
+_spec = importlib.util.spec_from_file_location(
+    '_latentlm_paper_study',
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, input='tokens', **study.STUDY_ARGS)
+  config_lib.choose('input', args.input, concept_lm.INPUTS)
+  return study.stage_config(args, study.autoencoder(), 'base',
+                            input=args.input)

@@ -1,0 +1,46 @@
+"""Study (a): chunk size. Which K (bytes per concept) learns most per FLOP?
+
+K in {1, 2, 4, 8, 16}, each concept LM trained for the same stage-2 FLOPs
+(budget.CPU_BUDGET_FLOPS) on rows of the same 256 bytes (256/K concepts),
+flow head, previous-chunk token input; stage 1 per K. Run the whole study
+(stage 1 for every K, then stage 2, each evaluated with BrierLM):
+
+  python launch/sweep.py --config=configs/paper/chunk_size.py:stage=autoencoder \\
+      --grid=args.K=1,2,4,8,16 --root=/tmp/paper/chunk_size/ae && \\
+  python launch/sweep.py \\
+      --config=configs/paper/chunk_size.py:ae_root=/tmp/paper/chunk_size/ae \\
+      --grid=args.K=1,2,4,8,16 --root=/tmp/paper/chunk_size/lm --evaluate=brier
+  python -m latentlm.report /tmp/paper/chunk_size/lm/* \\
+      --out=/tmp/paper/chunk_size/report
+
+Expected cost on 2 CPU cores (an estimate, from the documented times of
+configs/autoencoder.py, 225 CPU-s for 400 steps, and configs/shakespeare.py,
+about 5 minutes for 500 stage-2 steps of 1.67e10 FLOPs, scaled by FLOPs):
+stage 1 about 2 minutes per K, stage 2 about 2 minutes per K plus compile
+and evaluation, so about 25 minutes for the study on an idle machine.
+
+Args: K (4), stage (concept_lm | autoencoder), ae_root (the stage-1 sweep's
+root; the run of K is AE_ROOT/K-<K>).
+"""
+
+import importlib.util
+import os
+
+from latentlm import config_lib
+from latentlm.errors import UserError
+
+_spec = importlib.util.spec_from_file_location(
+    '_latentlm_paper_study',
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+CHUNK_SIZES = (1, 2, 4, 8, 16)
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, K=4, **study.STUDY_ARGS)
+  if args.K not in CHUNK_SIZES:
+    raise UserError(f'K={args.K} is not one of {list(CHUNK_SIZES)}')
+  ae = study.autoencoder(K=args.K)
+  return study.stage_config(args, ae, f'K-{args.K}')

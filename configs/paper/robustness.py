@@ -1,0 +1,60 @@
+"""Study (d): autoencoder robustness. What do CALM's robust-latent terms
+(KL with free bits, dropout on z, masking of input tokens) buy: reconstruction
+under noise on z, and the BrierLM of the concept LM trained on top?
+
+robust in {all, none, no_kl, no_dropout, no_mask}: all three on (the
+configs/autoencoder.py recipe), all off, or one of them off. Stage 1 per
+variant, evaluated by latentlm.evaluate (reconstruction at noise sigma in
+latentlm.reconstruction.NOISE_STDS); stage 2 at the same FLOPs on each,
+evaluated with BrierLM. Run the whole study:
+
+  python launch/sweep.py --config=configs/paper/robustness.py:stage=autoencoder \\
+      --grid=args.robust=all,none,no_kl,no_dropout,no_mask \\
+      --root=/tmp/paper/robustness/ae && \\
+  python launch/sweep.py \\
+      --config=configs/paper/robustness.py:ae_root=/tmp/paper/robustness/ae \\
+      --grid=args.robust=all,none,no_kl,no_dropout,no_mask \\
+      --root=/tmp/paper/robustness/lm --evaluate=brier
+  python -m latentlm.report /tmp/paper/robustness/ae/* /tmp/paper/robustness/lm/* \\
+      --out=/tmp/paper/robustness/report
+
+Expected cost on 2 CPU cores (an estimate from the documented times of
+configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): about
+2 minutes of stage 1 and 3 of stage 2 per variant, 25 minutes in all on an
+idle machine.
+
+Args: robust (all), stage (concept_lm | autoencoder), ae_root.
+"""
+
+import importlib.util
+import os
+
+from latentlm import config_lib
+
+_spec = importlib.util.spec_from_file_location(
+    '_latentlm_paper_study',
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+# Variant -> the robustness terms it turns off.
+VARIANTS = {
+    'all': (),
+    'none': ('kl', 'dropout', 'mask'),
+    'no_kl': ('kl',),
+    'no_dropout': ('dropout',),
+    'no_mask': ('mask',),
+}
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, robust='all', **study.STUDY_ARGS)
+  off = VARIANTS[config_lib.choose('robust', args.robust, VARIANTS)]
+  ae = study.autoencoder()
+  if 'kl' in off:
+    ae.ae.kl_weight = 0.0
+  if 'dropout' in off:
+    ae.ae.z_dropout = 0.0
+  if 'mask' in off:
+    ae.model.token_mask_prob = 0.0
+  return study.stage_config(args, ae, f'robust-{args.robust}')

@@ -1,0 +1,65 @@
+"""What the CPU-scale concept-LM studies share: Shakespeare, stage 1 then
+stage 2 at an equal stage-2 FLOPs budget. Not a config: the study configs
+load it by path (configs/ is not a package).
+
+A study runs as two launch/sweep.py lines over the same grid: `stage=
+autoencoder` trains (and evaluates) the stage-1 models into AE_ROOT/<run>,
+then `stage=concept_lm,ae_root=AE_ROOT` trains each concept LM on the
+autoencoder of its run and evaluates it with BrierLM. Stage 2 is a plain
+concept_lm run, so `python -m latentlm.evaluate` and `latentlm.report` read
+it directly. When the study leaves stage 1 alone, its grid has one run,
+named 'base' by launch/sweep.py, and every concept LM shares it.
+"""
+
+import importlib.util
+import os
+
+from latentlm import config_lib
+from latentlm.errors import UserError
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location(
+    '_latentlm_paper_budget', os.path.join(_HERE, 'budget.py'))
+budget = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(budget)
+
+STAGES = ('autoencoder', 'concept_lm')
+# Stage 1 at half the default 400 steps: reconstruction is already above
+# 99.9% there (configs/autoencoder.py), and five runs must fit in 30 minutes.
+AUTOENCODER_STEPS = 200
+# Bytes of text per stage-2 row, whatever K: 64 concepts at K=4.
+ROW_BYTES = 256
+STUDY_ARGS = dict(stage='concept_lm', ae_root='')
+
+
+def autoencoder(*, K=4, segment='fixed', Dz=32):
+  """Stage 1 (configs/autoencoder.py) at the study's shorter schedule."""
+  ae = budget.config_file('autoencoder', f'K={K},segment={segment},Dz={Dz}')
+  ae.train.num_steps = AUTOENCODER_STEPS
+  ae.train.eval_every = ae.train.checkpoint_every = AUTOENCODER_STEPS
+  return ae
+
+
+def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
+               budget_flops=None):
+  """Stage 2 of configs/shakespeare.py over `ae`, whose trained workdir is
+  `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training."""
+  lm = budget.config_file(
+      'shakespeare', f'head={head},input={input},size=tiny,'
+      f'Dz={ae.model.latent_dim}').stages.concept_lm
+  lm.autoencoder_workdir = ae_workdir
+  lm.data.seq_len = max(ROW_BYTES // ae.segment.chunk_len, 1)
+  lm.model.max_len = lm.data.seq_len
+  return budget.set_budget(lm, budget_flops or budget.CPU_BUDGET_FLOPS, ae)
+
+
+def stage_config(args, ae, ae_run: str, **lm_fields):
+  """`ae` for stage=autoencoder; else the concept LM over AE_ROOT/ae_run."""
+  stage = config_lib.choose('stage', args.stage, STAGES)
+  if stage == 'autoencoder':
+    return ae
+  if not args.ae_root:
+    raise UserError('stage=concept_lm needs ae_root=DIR, the --root of the '
+                    'stage=autoencoder sweep (see the config\'s docstring)')
+  return concept_lm(ae, ae_workdir=os.path.join(args.ae_root, ae_run),
+                    **lm_fields)

@@ -1,0 +1,81 @@
+"""Study (f): the token baseline. Does the concept LM beat a token LM at
+equal training FLOPs, and at equal parameters, over byte tokens and over a
+SentencePiece BPE vocabulary trained on the training split (so a win for
+concepts is not just a win over byte-level tokens)?
+
+tokens in {bytes, spm} (spm: data.tokenizer='spm:1024',
+latentlm/data/sentencepiece_tokenizer.py), match in {flops, params}:
+- flops: the tiny token LM (configs/token_lm.py) trained for
+  budget.CPU_BUDGET_FLOPS, the stage-2 budget of every concept-LM study;
+- params: the tiny token LM deepened to the parameter count of the
+  reference concept LM (flow head, K=4: study.concept_lm; 1.99M parameters
+  with its head and token readout: 9 layers over bytes, 8 over BPE), trained
+  for as many steps on 16 rows a step; over bytes it sees the same text and
+  spends about 3.3x the concept LM's FLOPs.
+Rows hold 256 tokens either way: 256 bytes, or about 580 bytes of BPE
+tokens (2.26 bytes a token on the Shakespeare test plays at vocabulary
+1024). So the BPE model sees more context than the concept LMs' 256-byte
+rows, which favours the baseline, and BrierLM's 128-byte blocks fit its
+half-window of 128 tokens. Bits/byte and BrierLM count bytes of text, so
+all four runs and the concept LMs compare directly. Run the whole study, then report it with the concept LMs:
+
+  python launch/sweep.py --config=configs/paper/token_baseline.py \\
+      --grid=args.tokens=bytes,spm --grid=args.match=flops,params \\
+      --root=/tmp/paper/token_baseline --evaluate=brier
+  python -m latentlm.report /tmp/paper/token_baseline/* \\
+      /tmp/paper/heads/lm/* --out=/tmp/paper/token_baseline/report
+
+Expected cost on 2 CPU cores (an estimate from FLOPs and the documented
+"a few minutes" for 600 steps of the tiny token LM): 100 steps for
+match=flops, under 3 minutes a run with compile and evaluation; 299 steps
+of the deeper model (3.3x the FLOPs) for match=params, about 10 minutes a
+run; training the BPE vocabulary takes seconds, once. About 26 minutes in
+all on an idle machine. Measured with `python -m latentlm.bench train
+--config=configs/paper/token_baseline.py:tokens=bytes,match=M --steps=5` on
+a shared host at load about 5 (its matmul peak at a third to a half of
+idle): 4.0 s a step for match=flops (100 steps, 7 minutes) and 4.3 s for
+match=params (299 steps, 22 minutes); on a loaded host the study overruns
+30 minutes.
+
+Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
+"""
+
+import importlib.util
+import os
+
+from latentlm import config_lib
+
+_spec = importlib.util.spec_from_file_location(
+    '_latentlm_paper_study',
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+budget = study.budget
+
+TOKENS = ('bytes', 'spm')
+MATCHES = ('flops', 'params')
+# Tokens a row, BPE or bytes: 256 bytes of text as bytes.
+ROW_TOKENS = 256
+CONCEPT_BATCH_SIZE = 16  # configs/shakespeare.py's stage 2
+
+
+def get_config(arg=None):
+  args = config_lib.parse_args(arg, tokens='bytes', match='flops', vocab=1024)
+  config_lib.choose('tokens', args.tokens, TOKENS)
+  config_lib.choose('match', args.match, MATCHES)
+  c = budget.config_file('token_lm', 'size=tiny')
+  if args.tokens == 'spm':
+    c.data.tokenizer = f'spm:{args.vocab}'
+    c.model.vocab_size = args.vocab  # for the FLOPs of the output head
+  c.data.seq_len = ROW_TOKENS
+  c.model.max_len = c.data.seq_len
+  if args.match == 'flops':
+    return budget.set_budget(c, budget.CPU_BUDGET_FLOPS)
+  ae = study.autoencoder()
+  reference = study.concept_lm(ae, ae_workdir='')
+  c.model.num_layers = budget.layers_for_params(
+      c, budget.concept_lm_params(reference, ae))
+  c.train.batch_size = CONCEPT_BATCH_SIZE
+  steps = reference.train.num_steps
+  # set_budget with the FLOPs of `steps`: the same schedule fields.
+  return budget.set_budget(c, steps * budget.flops.train_flops_per_step(c))
