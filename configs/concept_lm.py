@@ -14,8 +14,6 @@ sizes of configs/token_lm.py, so the token baseline of the same size compares
 directly).
 """
 
-import os
-
 from latentlm import config_lib
 from latentlm.models import concept_lm
 from latentlm.models import heads
@@ -25,12 +23,6 @@ from latentlm.models import heads
 HEAD_TARGETS = dict(mse=8, energy=16, flow=2, diffusion=2, gmm=8)
 
 
-def _config_file(name: str, arg: str):
-  """get_config(arg) of configs/NAME.py, beside this file."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
-  return config_lib.load_config_file([f'--config={path}:{arg}'])
-
-
 def get_config(arg=None):
   args = config_lib.parse_args(arg, head='energy', input='tokens', size='tiny')
   c = config_lib.base_config()
@@ -38,7 +30,8 @@ def get_config(arg=None):
   c.autoencoder_workdir = ''  # a trained stage-1 workdir (required)
   c.data.seq_len = 64  # concept positions per row (256 bytes at K=4)
   # The token LM baseline's backbone of the same size (configs/token_lm.py).
-  c.model = _config_file('token_lm', f'size={args.size}').model
+  c.model = config_lib.config_beside(__file__, 'token_lm',
+                                     f'size={args.size}').model
   c.model.max_len = c.data.seq_len
   c.model.input = config_lib.choose('input', args.input, concept_lm.INPUTS)
   c.head = heads.default_head_config(args.head)

@@ -27,9 +27,6 @@ Args: head (energy), fsdp (128), tensor (1), baseline (false; true gives
 the token LM with this backbone over the same 4 KiB rows: its baseline).
 """
 
-import importlib.util
-import os
-
 from latentlm import config_lib
 
 BACKBONES = {
@@ -40,24 +37,16 @@ CHUNK_LEN = 4  # bytes per concept: the stage-1 default
 CONCEPTS_PER_ROW = 1024
 
 
-def _config_module(name: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'_{name}_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def pod_config(backbone: str, arg, fsdp: int, tensor: int):
   """The concept LM (or its token baseline) of `backbone`, sized for pods."""
   args = config_lib.parse_args(arg, head='energy', fsdp=fsdp, tensor=tensor,
                                baseline=False)
   if args.baseline:
-    c = _config_module('token_lm').get_config('size=nano')
+    c = config_lib.config_beside(__file__, 'token_lm', 'size=nano')
     c.data.seq_len = CONCEPTS_PER_ROW * CHUNK_LEN  # the same text per row
   else:
-    c = _config_module('concept_lm').get_config(f'head={args.head},size=nano')
+    c = config_lib.config_beside(__file__, 'concept_lm',
+                                 f'head={args.head},size=nano')
     c.data.seq_len = CONCEPTS_PER_ROW
     c.head.hidden_dim = 1024
     # No softmax over the vocabulary: its input embedding (and the stage-1

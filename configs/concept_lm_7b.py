@@ -14,18 +14,9 @@ Per-chip figures: launch/README.md, "Pod figures". Args: those of
 configs/concept_lm_1b.py, with fsdp 64 and tensor 4.
 """
 
-import importlib.util
-import os
-
-
-def _concept_lm_1b():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      'concept_lm_1b.py')
-  spec = importlib.util.spec_from_file_location('_concept_lm_1b', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from latentlm import config_lib
 
 
 def get_config(arg=None):
-  return _concept_lm_1b().pod_config('7b', arg, fsdp=64, tensor=4)
+  pods = config_lib.module_beside(__file__, 'concept_lm_1b')
+  return pods.pod_config('7b', arg, fsdp=64, tensor=4)

@@ -6,7 +6,8 @@ Byte tokens by default. Train, evaluate and sample:
   python -m latentlm.evaluate --workdir=/tmp/tok
   python -m latentlm.generate --workdir=/tmp/tok --prompt='ROMEO.'
 
-Sizes: nano (tests and smoke runs), tiny (~0.8M params, a few minutes on 2 CPU cores), small (~20M params,
+Sizes: nano (tests and smoke runs), tiny (~1M params; its 600 default steps
+of 32 x 256 bytes take 15-30 minutes on 2 CPU cores), small (~20M params,
 the MFU benchmark size), and base (~85M, for accelerators).
 """
 

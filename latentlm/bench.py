@@ -20,7 +20,6 @@ import time
 from absl import flags
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from latentlm import cli
@@ -42,28 +41,10 @@ MATMUL_REPEATS = 7  # to choose the size
 MATMULS_PER_STEP = 3  # timed after each train step: both see the same load
 
 
-def _seconds(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
 def best_matmul():
-  """(run, flops, rate): the float32 N x N matmul with the best median rate.
-
-  `run` is jitted and warmed up, and returns when the product is ready.
-  """
-  best = None
-  for n in MATMUL_SIZES:
-    a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b_NxN = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    run = lambda m=matmul, a=a_NxN, b=b_NxN: m(a, b).block_until_ready()
-    run()  # compile and warm up
-    rate = 2 * n ** 3 / np.median([_seconds(run) for _ in range(MATMUL_REPEATS)])
-    if best is None or rate > best[2]:
-      best = (run, 2 * n ** 3, rate)
-  return best
+  """(run, flops, rate): flops.timed_matmul of the size with the best rate."""
+  return max((flops.timed_matmul(n, MATMUL_REPEATS) for n in MATMUL_SIZES),
+             key=lambda timed: timed[2])
 
 
 def xla_flops_per_step(config, mesh, batch) -> float:
@@ -74,7 +55,8 @@ def xla_flops_per_step(config, mesh, batch) -> float:
   SPMD partitioning so that the count is global. No compile is needed.
   """
   unrolled = config.copy_and_resolve_references()
-  unrolled.model.scan_layers = False
+  if 'scan_layers' in unrolled.model:  # the autoencoder has no layer scan
+    unrolled.model.scan_layers = False
   trainer = train.Trainer(unrolled, tasks.get_task(unrolled), mesh)
   with trainer.context():
     lowered = trainer._train_step.lower(  # pylint: disable=protected-access
@@ -105,9 +87,9 @@ def time_train_steps(trainer, batch, num_steps: int, between=None):
 
   step_times, between_times = [], []
   for _ in range(num_steps):
-    step_times.append(_seconds(run_step))
+    step_times.append(flops.seconds(run_step))
     if between is not None:
-      between_times += [_seconds(between) for _ in range(MATMULS_PER_STEP)]
+      between_times += [flops.seconds(between) for _ in range(MATMULS_PER_STEP)]
   return compile_s, step_times, between_times
 
 

@@ -15,7 +15,6 @@ All are means over real next chunks (not all-pad), like the task's loss.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from latentlm import train
 

@@ -2,6 +2,7 @@
 
 import difflib
 import importlib.util
+import os
 import types
 
 import ml_collections
@@ -131,10 +132,30 @@ def load_config_file(argv) -> ml_collections.ConfigDict | None:
   if spec is None:
     return None
   path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('_latentlm_config', path)
+  return load_module(path).get_config(arg or None)
+
+
+def load_module(path: str) -> types.ModuleType:
+  """The Python file at `path` imported as a fresh module (not in
+  sys.modules, so configs with the same file name never collide)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f'_latentlm_{name}',
+                                                       path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def module_beside(file: str, name: str) -> types.ModuleType:
+  """NAME.py (a path relative to the folder of `file`; pass __file__)."""
+  folder = os.path.dirname(os.path.abspath(file))
+  return load_module(os.path.join(folder, f'{name}.py'))
+
+
+def config_beside(file: str, name: str, arg: str | None = None):
+  """get_config(arg) of module_beside(file, name): how configs build on
+  each other."""
+  return module_beside(file, name).get_config(arg or None)
 
 
 POSITIVE_FIELDS = (

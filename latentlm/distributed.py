@@ -11,9 +11,11 @@ from LATENTLM_COORDINATOR, LATENTLM_NUM_PROCESSES and LATENTLM_PROCESS_ID:
   LATENTLM_PROCESS_ID=0 python -m latentlm.train --config=... --workdir=DIR &
   (the same with LATENTLM_PROCESS_ID=1)
 
-CPU processes exchange collectives through gloo.
+CPU processes exchange collectives through gloo, which gives up on a peer
+after 30 s: `barrier` lines processes up for longer waits (compiles).
 """
 
+import itertools
 import os
 
 from absl import flags
@@ -92,6 +94,23 @@ def initialize_from_flags() -> bool:
   f = flags.FLAGS
   return initialize(f.coordinator, f.num_processes, f.process_id,
                     auto=f.distributed)
+
+
+_barrier_ids = itertools.count()
+
+
+def barrier(name: str, timeout_s: int = 3600):
+  """Returns once every process has called barrier(name) as often.
+
+  Waits through the distributed runtime's coordination service, not through
+  a device collective: one process may compile a step minutes after another
+  (the persistent cache, host load), longer than gloo waits in a collective.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  jax_distributed.global_state.client.wait_at_barrier(
+      f'latentlm/{name}/{next(_barrier_ids)}', timeout_in_ms=timeout_s * 1000)
 
 
 def lockstep(iterator, max_items: int, pad_like):

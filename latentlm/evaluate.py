@@ -90,9 +90,14 @@ def at_step(run, workdir_path: str, step: int):
 
 
 def record(workdir_path: str, metrics: dict):
-  """Appends one evaluation to the workdir's evaluations.jsonl."""
-  with open(os.path.join(workdir_path, EVALUATIONS), 'a') as f:
-    f.write(json.dumps(metrics) + '\n')
+  """Adds one evaluation to the workdir's evaluations.jsonl, rewriting the
+  file atomically: an interrupted evaluation never leaves half a line."""
+  path = os.path.join(workdir_path, EVALUATIONS)
+  previous = ''
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = f.read()
+  workdir_lib.write_atomic(path, previous + json.dumps(metrics) + '\n')
 
 
 def define_flags():

@@ -8,6 +8,12 @@ train. Attention adds QK^T and AV; a causal mask halves them (MaxText's
 convention), although a dense kernel still computes the masked half.
 """
 
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from latentlm import workdir
 from latentlm.models import concept
 
@@ -187,3 +193,23 @@ def device_peak_flops(device) -> float | None:
     return None
   generation = _TPU_KINDS.get(device.device_kind)
   return TPU_PEAK_FLOPS[generation] if generation else None
+
+
+def seconds(fn) -> float:
+  """Wall time of one call of `fn`."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def timed_matmul(n: int, repeats: int):
+  """(run, flops, rate) of a jitted float32 n x n matmul: the measured peak
+  MFU is taken against off TPU. `run` is warmed up and returns when the
+  product is ready; `rate` is FLOP/s over the median of `repeats` runs."""
+  a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b_NxN = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  run = lambda: matmul(a_NxN, b_NxN).block_until_ready()
+  run()  # compile and warm up
+  median_s = float(np.median([seconds(run) for _ in range(repeats)]))
+  return run, 2 * n ** 3, 2 * n ** 3 / median_s

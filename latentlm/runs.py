@@ -36,9 +36,14 @@ def load(workdir_path: str, devices=None) -> Run:
   with config.unlocked():
     config.mesh = ml_collections.ConfigDict(
         dict(data=len(devices), fsdp=1, tensor=1))
-  task = tasks.get_task(config)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  trainer = train.Trainer(config, task, mesh)
+  try:
+    task = tasks.get_task(config)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    trainer = train.Trainer(config, task, mesh)
+  except (AttributeError, KeyError) as e:  # a field this version reads
+    raise UserError(f'{workdir.config_path} lacks a field this latentlm '
+                    f'needs ({str(e).splitlines()[0][:200]}): it was written '
+                    'by an older version; retrain in a new --workdir') from None
   ckpt = checkpoint.Checkpointer(workdir.checkpoints, max_to_keep=1000,
                                  save_every=1, read_only=True)
   step = ckpt.latest_step()

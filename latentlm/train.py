@@ -15,7 +15,6 @@ import time
 from absl import flags
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from latentlm import checkpoint
@@ -95,6 +94,7 @@ class Trainer:
         functools.partial(step_lib.eval_step, loss_fn=task.loss),
         in_shardings=(self.state_shardings, None, replicated),
         out_shardings=replicated)
+    self._compiled = {}  # (name, argument shapes) -> compiled step
 
   @contextlib.contextmanager
   def context(self):
@@ -102,13 +102,26 @@ class Trainer:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
+  def _run(self, name, jitted, *args):
+    """jitted(*args). With several processes, each step is compiled first
+    and run only once every process has compiled it (distributed.barrier)."""
+    if jax.process_count() == 1:
+      return jitted(*args)
+    leaves, treedef = jax.tree.flatten(args)
+    key = (name, treedef, tuple((x.shape, x.dtype) for x in leaves))
+    if key not in self._compiled:
+      self._compiled[key] = jitted.lower(*args).compile()
+      distributed.barrier(f'compiled {name}')
+    return self._compiled[key](*args)
+
   def init_state(self):
     with self.context():
       return nn.meta.unbox(self._init(self.rng))
 
   def train_step(self, state, batch):
     with self.context():
-      return self._train_step(state, global_batch(batch, self.mesh), self.rng)
+      return self._run('train_step', self._train_step, state,
+                       global_batch(batch, self.mesh), self.rng)
 
   def evaluate(self, state, iterator, max_batches: int) -> dict:
     """Metric means over up to `max_batches`, weighted by targets per batch."""
@@ -119,8 +132,9 @@ class Trainer:
     with self.context():
       for batch in distributed.lockstep(iter(iterator), max_batches,
                                         pad_like):
-        metrics = jax.device_get(self._eval_step(
-            state, global_batch(batch, self.mesh), self.rng))
+        metrics = jax.device_get(self._run(
+            'eval_step', self._eval_step, state,
+            global_batch(batch, self.mesh), self.rng))
         w = float(metrics.get('num_bytes', 1.0))
         for name, value in metrics.items():
           totals[name] = totals.get(name, 0.0) + float(value) * w
@@ -137,16 +151,9 @@ def peak_flops_per_s(devices) -> float:
   chip_peak = flops.device_peak_flops(devices[0])
   if chip_peak is not None:
     return chip_peak * len(devices)
-  n = 1024  # small: timed once at start; the rate is near that of larger ones
-  a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  matmul(a_NxN, a_NxN).block_until_ready()  # compile
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    matmul(a_NxN, a_NxN).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2 * n ** 3 / float(np.median(times)) * jax.process_count()
+  # Small and few: timed once at start; the rate is near that of larger ones.
+  _, _, rate = flops.timed_matmul(1024, repeats=3)
+  return rate * jax.process_count()
 
 
 # ============================================================================

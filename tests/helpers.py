@@ -1,10 +1,11 @@
 """Shared test helpers: tiny configs and running the command-line tools."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+from latentlm import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -12,10 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_config(name: str, arg: str | None = None):
   """configs/NAME.py's get_config(arg), as the command line would load it."""
   path = os.path.join(REPO, 'configs', f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'config_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_module(path).get_config(arg)
 
 
 def tiny_token_lm(data_dir: str, **train):

@@ -5,7 +5,9 @@ run as real processes, a few at a time.
 """
 
 import concurrent.futures
+import json
 import os
+import shutil
 
 import pytest
 
@@ -24,6 +26,12 @@ def trained(tmp_path_factory):
   workdir = str(root / 'run')
   result = helpers.run_module('train', *flags, f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-2000:]
+  # The same run as an older latentlm wrote it, before a field existed.
+  old_run = root / 'old_run'
+  shutil.copytree(workdir, old_run)
+  config_json = json.loads((old_run / 'config.json').read_text())
+  del config_json['train']['skip_nonfinite_updates']
+  (old_run / 'config.json').write_text(json.dumps(config_json))
   (root / 'empty.txt').write_text('')
   (root / 'binary.bin').write_bytes(bytes(range(256)) * 4)
   return dict(root=str(root), workdir=workdir, flags=flags)
@@ -90,6 +98,8 @@ CASES = [
      ['--config=configs/concept_lm.py:size=nano', '--workdir=NEW',
       '--config.autoencoder_workdir=WORKDIR'],
      "holds a 'token_lm' run, not an autoencoder"),
+    ('workdir of an older version', 'generate', ['--workdir=ROOT/old_run'],
+     'lacks a field this latentlm needs'),
     ('prompt longer than context', 'generate', ['--workdir=WORKDIR',
                                                 '--prompt=' + 'x' * 100],
      "the model's context is 32"),

@@ -127,6 +127,18 @@ def test_bench_train_reports_consistent_numbers(tmp_path, monkeypatch):
   assert result['data_tokens_per_s'] > 0
 
 
+def test_bench_train_counts_an_autoencoder(tmp_path, monkeypatch):
+  # Its model config has no layer scan to unroll for XLA's count.
+  monkeypatch.setattr(bench, 'MATMUL_SIZES', (256,))
+  config = helpers.load_config('autoencoder', 'Dz=8')
+  config.model.update(d_model=32, mlp_dim=64)
+  config.data.data_dir = str(tmp_path)
+  config.train.batch_size = len(jax.devices())
+  result = bench.bench_train(config, num_steps=1, data_batches=1)
+  assert result['model_flops_per_step'] == flops.train_flops_per_step(config)
+  assert result['xla_flops_per_step'] > result['model_flops_per_step'] > 0
+
+
 def test_train_loop_peak_is_the_chip_table_on_tpu_else_a_matmul():
   v5p = types.SimpleNamespace(platform='tpu', device_kind='TPU v5')
   assert train.peak_flops_per_s([v5p] * 4) == 4 * flops.TPU_PEAK_FLOPS['v5p']

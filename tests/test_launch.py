@@ -1,6 +1,5 @@
 """launch/tpu.py: the dry runs print exactly the gcloud commands to run."""
 
-import importlib.util
 import os
 import shlex
 import subprocess
@@ -9,6 +8,8 @@ import tarfile
 import tempfile
 
 import pytest
+
+from latentlm import config_lib
 
 import helpers
 
@@ -130,9 +131,7 @@ def test_mistakes_fail_before_running_anything(args, message):
 
 def test_pack_takes_tracked_and_new_files_but_not_ignored_ones(tmp_path,
                                                                monkeypatch):
-  spec = importlib.util.spec_from_file_location('launch_tpu', SCRIPT)
-  tpu = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tpu)
+  tpu = config_lib.load_module(SCRIPT)
   repo = tmp_path / 'repo'
   (repo / 'pkg').mkdir(parents=True)
   for name, text in [('.gitignore', 'workdirs/\n'), ('pkg/a.py', 'a'),

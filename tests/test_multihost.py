@@ -230,10 +230,6 @@ def _fake_autoencoder_workdir(path, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    run=False, strict=True,
-    reason='under pytest, process 0 times out (gloo, 30 s) waiting for process '
-    '1 at the first step; the same two runs pass outside pytest: unresolved')
 def test_concept_lm_on_two_processes_equals_one(tmp_path, data_dir,
                                                 cache_dir):
   autoencoder = str(tmp_path / 'autoencoder')

@@ -1,11 +1,11 @@
 """Tests for configs/paper: they load, meet their FLOPs budgets, vary what
 their study varies, and the paper-scale ones have the stated sizes."""
 
-import importlib.util
 import os
 
 import pytest
 
+from latentlm import config_lib
 from latentlm import flops
 from latentlm.errors import UserError
 
@@ -25,11 +25,7 @@ STUDIES = {
 
 
 def _module(name):
-  spec = importlib.util.spec_from_file_location(
-      f'_test_paper_{name}', os.path.join(PAPER, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(os.path.join(PAPER, f'{name}.py'))
 
 
 budget = _module('budget')

@@ -1,18 +1,17 @@
 """launch/sweep.py: the grid's product, printed commands, sequential runs."""
 
-import importlib.util
 import json
 import os
 import subprocess
 
 import pytest
 
+from latentlm import config_lib
+
 import helpers
 
-_spec = importlib.util.spec_from_file_location(
-    'sweep', os.path.join(helpers.REPO, 'launch', 'sweep.py'))
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+sweep = config_lib.load_module(
+    os.path.join(helpers.REPO, 'launch', 'sweep.py'))
 
 CONFIG = 'configs/token_lm.py:size=nano'
 GRID = ['--grid=args.size=nano,tiny', '--grid=train.num_steps=5,10']

@@ -20,17 +20,10 @@ configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): about
 Args: input (tokens), stage (concept_lm | autoencoder), ae_root.
 """
 
-import importlib.util
-import os
-
 from latentlm import config_lib
 from latentlm.models import concept_lm
 
-_spec = importlib.util.spec_from_file_location(
-    '_latentlm_paper_study',
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+study = config_lib.module_beside(__file__, 'study')
 
 
 def get_config(arg=None):

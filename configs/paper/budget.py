@@ -8,9 +8,7 @@ budget counts stage 2 only: the frozen stage-1 encoder prepares data like a
 tokenizer (latentlm/flops.py); stage 1's own training is reported beside it.
 """
 
-import importlib.util
-import os
-
+from latentlm import config_lib
 from latentlm import flops
 
 # The CPU-scale stage-2 budget every equal-FLOPs study shares: 300 steps of
@@ -18,16 +16,11 @@ from latentlm import flops
 # concepts, 1.67e10 FLOPs a step), 100 of the tiny byte-token LM (5.0e10).
 # Small, so that a study of five runs fits in 30 minutes on 2 CPU cores.
 CPU_BUDGET_FLOPS = 5e12
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def config_file(path: str, arg: str = ''):
   """get_config(arg) of configs/PATH.py (PATH relative to configs/)."""
-  spec = importlib.util.spec_from_file_location(
-      '_latentlm_config', os.path.join(os.path.dirname(HERE), f'{path}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return config_lib.config_beside(__file__, f'../{path}', arg)
 
 
 def steps_for_budget(config, budget_flops: float, autoencoder=None) -> int:

@@ -29,15 +29,9 @@ counts its FLOPs per step). Args: head (energy), fsdp (64), tensor (1),
 baseline (false; true: the token LM with this backbone on the same rows).
 """
 
-import importlib.util
-import os
+from latentlm import config_lib
 
-_spec = importlib.util.spec_from_file_location(
-    '_latentlm_concept_lm_1b', os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        'concept_lm_1b.py'))
-pods = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pods)
+pods = config_lib.module_beside(__file__, '../concept_lm_1b')
 
 BACKBONE = dict(d_model=1024, num_layers=26, num_heads=16, num_kv_heads=16,
                 head_dim=64, mlp_dim=3072)

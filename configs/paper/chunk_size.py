@@ -23,17 +23,10 @@ Args: K (4), stage (concept_lm | autoencoder), ae_root (the stage-1 sweep's
 root; the run of K is AE_ROOT/K-<K>).
 """
 
-import importlib.util
-import os
-
 from latentlm import config_lib
 from latentlm.errors import UserError
 
-_spec = importlib.util.spec_from_file_location(
-    '_latentlm_paper_study',
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+study = config_lib.module_beside(__file__, 'study')
 
 CHUNK_SIZES = (1, 2, 4, 8, 16)
 

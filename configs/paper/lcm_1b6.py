@@ -29,17 +29,9 @@ Not trained here. Args: fsdp (128), tensor (1), baseline (false; true: the
 token LM with this backbone on rows of the same 16 KiB).
 """
 
-import importlib.util
-import os
-
 from latentlm import config_lib
 
-_spec = importlib.util.spec_from_file_location(
-    '_latentlm_concept_lm_1b', os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        'concept_lm_1b.py'))
-pods = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pods)
+pods = config_lib.module_beside(__file__, '../concept_lm_1b')
 
 BACKBONE = dict(d_model=2048, num_layers=24, num_heads=16, num_kv_heads=16,
                 head_dim=128, mlp_dim=8192)

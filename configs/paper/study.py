@@ -11,17 +11,12 @@ it directly. When the study leaves stage 1 alone, its grid has one run,
 named 'base' by launch/sweep.py, and every concept LM shares it.
 """
 
-import importlib.util
 import os
 
 from latentlm import config_lib
 from latentlm.errors import UserError
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location(
-    '_latentlm_paper_budget', os.path.join(_HERE, 'budget.py'))
-budget = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(budget)
+budget = config_lib.module_beside(__file__, 'budget')
 
 STAGES = ('autoencoder', 'concept_lm')
 # Stage 1 at half the default 400 steps: reconstruction is already above

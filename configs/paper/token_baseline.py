@@ -40,16 +40,9 @@ match=params (299 steps, 22 minutes); on a loaded host the study overruns
 Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
 """
 
-import importlib.util
-import os
-
 from latentlm import config_lib
 
-_spec = importlib.util.spec_from_file_location(
-    '_latentlm_paper_study',
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study.py'))
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+study = config_lib.module_beside(__file__, 'study')
 budget = study.budget
 
 TOKENS = ('bytes', 'spm')

@@ -10,7 +10,6 @@ shape; train.py knows nothing else.
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
