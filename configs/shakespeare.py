@@ -33,7 +33,7 @@ def get_config(arg=None):
   lm = config_lib.config_beside(
       __file__, 'concept_lm',
       f'head={args.head},input={args.input},size={args.size}')
-  # Chosen on this budget (2 CPU cores, ~5.5 minutes for stage 2), by the
+  # Chosen on this budget (2 CPU cores, ~5 minutes for stage 2), by the
   # fraction of sampled words found in the plays, at 300 steps of 16 rows:
   # flow 0.42 against energy 0.27 at Dz=128, flow 0.54 at Dz=32 (head
   # temperature 0.4). The auxiliary next-chunk token loss shapes the backbone

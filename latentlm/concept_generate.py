@@ -77,8 +77,10 @@ def _compiled(task, num_candidates=1):
     h_BxLxD, cache = task.model.apply({'params': params}, inputs, cache=cache)
     return h_BxLxD[:, -1], cache
 
-  def step(params, frozen, chunks_Bx1xK, cache, rng, temperature):
-    """Feeds one chunk per row; samples and decodes the next one."""
+  def step(params, frozen, chunks_Bx1xK, cache, rng, i, temperature):
+    """Feeds one chunk per row; samples and decodes the next one with
+    fold_in(rng, i) (folded here: one dispatch a step, not two)."""
+    rng = jax.random.fold_in(rng, i)
     h_BxD, cache = forward(params, frozen, chunks_Bx1xK, cache)
     if num_candidates == 1:
       z_BxZ = task.model.apply({'params': params}, h_BxD, rng, temperature,
@@ -134,8 +136,8 @@ class ConceptSampler:
         recent_BxLxK = history_BxLxK[:, -(self.window // 2):]
         cache = self._prefill(recent_BxLxK[:, :-1])
       z_BxZ, chunks_BxK, cache = self._step(
-          self.params, self.frozen, jnp.asarray(pending_Bx1xK), cache,
-          jax.random.fold_in(rng, i), temperature)
+          self.params, self.frozen, jnp.asarray(pending_Bx1xK), cache, rng, i,
+          temperature)
       z_BxZ, chunks_BxK = np.asarray(z_BxZ), np.asarray(chunks_BxK)
       yield z_BxZ, chunks_BxK
       pending_Bx1xK = chunks_BxK[:, None]

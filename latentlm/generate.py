@@ -61,7 +61,11 @@ class TokenSampler:
       return logits_BxLxV[:, -1], cache
 
     self._forward = jax.jit(forward)
-    self._sample = jax.jit(sample_logits, static_argnums=(2, 3))
+    # fold_in(rng, i) inside: one dispatch, not two.
+    self._sample = jax.jit(
+        lambda logits_BxV, rng, i, temperature, top_p: sample_logits(
+            logits_BxV, jax.random.fold_in(rng, i), temperature, top_p),
+        static_argnums=(3, 4))
 
   def _prefill(self, tokens_BxL):
     cache = transformer.init_cache(self.cfg, tokens_BxL.shape[0], self.window)
@@ -74,8 +78,7 @@ class TokenSampler:
     logits_BxV, cache = self._prefill(context_BxL)
     history = [context_BxL]
     for i in range(max_new):
-      tokens_B = self._sample(logits_BxV, jax.random.fold_in(rng, i),
-                              temperature, top_p)
+      tokens_B = self._sample(logits_BxV, rng, i, temperature, top_p)
       yield np.asarray(tokens_B)
       history.append(np.asarray(tokens_B)[:, None])
       if int(cache.index) >= self.window:

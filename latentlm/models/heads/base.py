@@ -101,11 +101,22 @@ def check_temperature(temperature):
     raise ValueError(f'temperature must be >= 0, got {temperature}')
 
 
-def loop(module, step_fn, x, num_steps):
-  """x = step_fn(module, i, x) for i < num_steps, as one lifted while loop.
+# Sampling loops up to this long are unrolled: at batch 1 on CPU a while
+# loop's per-iteration overhead was ~20% of a 10-step flow head's sampling.
+MAX_UNROLLED_STEPS = 16
 
-  One traced step, so compile time does not grow with the number of steps.
+
+def loop(module, step_fn, x, num_steps):
+  """x = step_fn(module, i, x) for i < num_steps (i a traced int32).
+
+  Unrolled up to MAX_UNROLLED_STEPS; longer loops are one lifted while loop,
+  so that compile time does not grow with the number of steps.
   """
+  if num_steps <= MAX_UNROLLED_STEPS:
+    for i in range(num_steps):
+      x = step_fn(module, jnp.asarray(i, jnp.int32), x)
+    return x
+
   def body(mdl, carry):
     i, x = carry
     return i + 1, step_fn(mdl, i, x)
