@@ -1,4 +1,5 @@
-"""Model FLOPs per train step, from the config alone, and MFU.
+"""Model FLOPs per train step, from the config alone, and MFU (against a
+timed matmul off TPU).
 
 Model FLOPs count the matmuls the model needs, not what the compiled program
 runs: remat recomputation, elementwise ops and the optimizer are left out.
@@ -203,8 +204,8 @@ def seconds(fn) -> float:
 
 
 def timed_matmul(n: int, repeats: int):
-  """(run, flops, rate) of a jitted float32 n x n matmul: the measured peak
-  MFU is taken against off TPU. `run` is warmed up and returns when the
+  """(run, flops, rate) of a jitted float32 n x n matmul, the peak that MFU
+  is measured against off TPU. `run` is warmed up and returns when the
   product is ready; `rate` is FLOP/s over the median of `repeats` runs."""
   a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b_NxN = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)

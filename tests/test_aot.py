@@ -3,8 +3,9 @@
 Without libtpu (CI installs only `.[test]`) the argument checks and the
 FLOPs extrapolation run on the CPU test devices, and the `tpu` tests skip;
 with the [tpu] extra, XLA compiles a small version of the 1B config for a
-v5p:2x2x1 and for two v5e:2x2 slices. The 1B on 512 chips takes too long
-for a test: its figures are in launch/README.md.
+v5p:2x2x1 and for two v5e:2x2 slices (a minute each), and the 1B itself for
+its pods, v5p:8x8x8 and two v5e:16x16 slices (marked slow too: about half
+an hour on 2 cores; figures in launch/README.md).
 """
 
 import importlib.util
@@ -94,13 +95,30 @@ def test_multislice_devices_are_slice_major_and_the_mesh_checked():
 
 # The 1B config's structure (concept LM, energy head, bf16, scanned layers,
 # remat, data x fsdp mesh) with a small backbone, so that it compiles in
-# about a minute; the 1B itself on 512 chips is in launch/README.md.
+# about a minute; the 1B itself on 512 chips is the last test.
 SMALL_1B = ('--config=configs/concept_lm_1b.py', '--config.mesh.fsdp=4',
             '--config.model.num_layers=2', '--config.model.d_model=512',
             '--config.model.num_heads=4', '--config.model.num_kv_heads=4',
             '--config.model.mlp_dim=2048', '--config.data.seq_len=256',
             '--config.model.max_len=256', '--config.train.batch_size=16',
             '--config.head.hidden_dim=256')
+
+
+def _check_report(result, chips, mesh, hbm_gib, max_flops_ratio):
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = helpers.last_json_line(result.stdout)
+  assert report['chips'] == chips
+  assert report['mesh'] == mesh
+  assert report['hbm_per_chip'] == hbm_gib * 2 ** 30
+  memory = report['memory_per_chip']
+  assert 0 < memory['total'] < report['hbm_per_chip']
+  assert memory['arguments'] > 0 and memory['temps'] > 0
+  # fsdp (4 or 128) shards the 12 bytes per param of params and Adam moments.
+  assert memory['arguments'] < 12 * report['num_params'] / 2
+  # XLA counts more than the model: the optimizer, elementwise ops, remat.
+  assert 1 <= report['xla_over_model_flops'] < max_flops_ratio
+  assert report['step_time_at_peak_s'] == pytest.approx(
+      report['model_flops_per_step'] / report['peak_flops_per_s'])
 
 
 @pytest.mark.tpu
@@ -111,17 +129,23 @@ def test_small_concept_lm_compiles_fits_and_counts_its_flops(
     topology, slices, chips, hbm_gib):
   result = helpers.run_module('aot', *SMALL_1B, f'--topology={topology}',
                               f'--slices={slices}', timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = helpers.last_json_line(result.stdout)
-  assert report['chips'] == chips
-  assert report['mesh'] == dict(data=slices, fsdp=4, tensor=1)
-  assert report['hbm_per_chip'] == hbm_gib * 2 ** 30
-  memory = report['memory_per_chip']
-  assert 0 < memory['total'] < report['hbm_per_chip']
-  assert memory['arguments'] > 0 and memory['temps'] > 0
-  # fsdp=4 shards the 12 bytes per param of params and Adam moments.
-  assert memory['arguments'] < 12 * report['num_params'] / 2
-  np.testing.assert_allclose(report['xla_flops_per_step'],
-                             report['model_flops_per_step'], rtol=0.1)
-  assert report['step_time_at_peak_s'] == pytest.approx(
-      report['model_flops_per_step'] / report['peak_flops_per_s'])
+  # At d_model 512 elementwise work and the head weigh more than at 2048:
+  # XLA/model was 1.109 on two v5e:2x2 slices, 1.052 for the 1B on its pods.
+  _check_report(result, chips, dict(data=slices, fsdp=4, tensor=1), hbm_gib,
+                max_flops_ratio=1.15)
+
+
+# The 1B itself on its two target pods: about 12 and 17 CPU-minutes of
+# compiling on a 2-core VM (launch/README.md, "Pod figures"); only these:
+# pytest -m 'tpu and slow' tests/test_aot.py
+@pytest.mark.tpu
+@pytest.mark.slow
+@needs_libtpu
+@pytest.mark.parametrize('topology, slices, hbm_gib', [
+    ('v5p:8x8x8', 1, 95), ('v5e:16x16', 2, 16)])
+def test_1b_concept_lm_fits_its_pods(topology, slices, hbm_gib):
+  result = helpers.run_module('aot', '--config=configs/concept_lm_1b.py',
+                              f'--topology={topology}', f'--slices={slices}',
+                              timeout=7200)
+  _check_report(result, 512, dict(data=4, fsdp=128, tensor=1), hbm_gib,
+                max_flops_ratio=1.1)  # the issue's 10%

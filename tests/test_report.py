@@ -33,7 +33,11 @@ def run_dirs(tmp_path_factory):
        {'step': 10, 'eval/bits_per_byte': 3.5},
        {'step': 20, 'eval/bits_per_byte': 2.5}],
       [{'metric': 'brier', 'step': 10, 'brier_lm': 1.5},
-       {'metric': 'brier', 'step': 20, 'brier_lm': 4.25}])
+       {'metric': 'brier', 'step': 20, 'brier_lm': 4.25},
+       {'metric': 'brier', 'step': 20, 'brier_lm': 0.5, 'brier_1': 0.25,
+        'data': 'shakespeare:test'},
+       {'metric': 'brier', 'step': 20, 'brier_lm': 4.25,
+        'data': 'shakespeare:validation'}])
   ae = helpers.load_config('autoencoder', 'Dz=8')
   ae_dir = _fake_run(
       tmp_path / 'ae', ae, [{'step': 5, 'eval/token_acc': 0.75}],
@@ -49,7 +53,9 @@ def run_dirs(tmp_path_factory):
 def test_table_has_one_row_per_run_with_known_values(run_dirs):
   runs = [report.load_run(d) for d in run_dirs]
   token, ae, concept = runs
-  assert token['final'] == {'bits_per_byte': 2.5, 'brier_lm': 4.25}
+  # All evaluations at step 20 count; the last written wins.
+  assert token['final'] == {'bits_per_byte': 2.5, 'brier_lm': 4.25,
+                            'brier_1': 0.25}
   assert token['train_flops'] == 20 * flops.train_flops_per_step(
       token['config'])
   assert token['params'] > 0 and concept['params'] > 0
@@ -61,7 +67,7 @@ def test_table_has_one_row_per_run_with_known_values(run_dirs):
   assert len(table) == 2 + 3
   assert table[0].startswith(
       '| run | config | params | steps | train FLOPs | evaluated at |')
-  assert '| 20 | 2.5 | 4.25 |' in table[2]
+  assert '| 20 | 2.5 | 4.25 | 0.25 |' in table[2]
   assert f"| 3 | {concept['train_flops']:.3g} | - |" in table[4]  # no evaluate
   assert 'concept_lm head=gmm input=tokens' in table[4]
 
@@ -92,3 +98,10 @@ def test_a_directory_that_is_no_run_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines() == [
       f'error: {tmp_path} is not a latentlm workdir (no config.json); train '
       'into it first with python -m latentlm.train']
+
+
+def test_split_keeps_only_that_splits_evaluations(run_dirs):
+  token = report.load_run(run_dirs[0], split='test')
+  assert token['final'] == {'brier_lm': 0.5, 'brier_1': 0.25}
+  assert token['evaluated_step'] == 20
+  assert report.load_run(run_dirs[1], split='test')['final'] == {}

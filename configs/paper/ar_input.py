@@ -9,8 +9,9 @@ stage-1 autoencoder, the same stage-2 FLOPs for both. Run the whole study:
   python launch/sweep.py \\
       --config=configs/paper/ar_input.py:ae_root=/tmp/paper/ar_input/ae \\
       --grid=args.input=tokens,latent --root=/tmp/paper/ar_input/lm \\
-      --evaluate=brier
-  python -m latentlm.report /tmp/paper/ar_input/lm/* \\
+      --evaluate=brier \\
+      --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/ar_input/lm/* \\
       --out=/tmp/paper/ar_input/report
 
 Expected cost on 2 CPU cores (an estimate from the documented times of

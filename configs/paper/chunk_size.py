@@ -9,8 +9,9 @@ flow head, previous-chunk token input; stage 1 per K. Run the whole study
       --grid=args.K=1,2,4,8,16 --root=/tmp/paper/chunk_size/ae && \\
   python launch/sweep.py \\
       --config=configs/paper/chunk_size.py:ae_root=/tmp/paper/chunk_size/ae \\
-      --grid=args.K=1,2,4,8,16 --root=/tmp/paper/chunk_size/lm --evaluate=brier
-  python -m latentlm.report /tmp/paper/chunk_size/lm/* \\
+      --grid=args.K=1,2,4,8,16 --root=/tmp/paper/chunk_size/lm --evaluate=brier \\
+      --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/chunk_size/lm/* \\
       --out=/tmp/paper/chunk_size/report
 
 Expected cost on 2 CPU cores (an estimate, from the documented times of

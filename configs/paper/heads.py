@@ -10,8 +10,9 @@ take fewer steps. Run the whole study:
       --root=/tmp/paper/heads/ae && \\
   python launch/sweep.py --config=configs/paper/heads.py:ae_root=/tmp/paper/heads/ae \\
       --grid=args.head=mse,energy,flow,diffusion,gmm \\
-      --root=/tmp/paper/heads/lm --evaluate=brier
-  python -m latentlm.report /tmp/paper/heads/lm/* --out=/tmp/paper/heads/report
+      --root=/tmp/paper/heads/lm --evaluate=brier \\
+      --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/heads/lm/* --out=/tmp/paper/heads/report
 
 Expected cost on 2 CPU cores (an estimate from the documented times of
 configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): stage 1

@@ -10,12 +10,13 @@ evaluated with BrierLM. Run the whole study:
 
   python launch/sweep.py --config=configs/paper/robustness.py:stage=autoencoder \\
       --grid=args.robust=all,none,no_kl,no_dropout,no_mask \\
-      --root=/tmp/paper/robustness/ae && \\
+      --root=/tmp/paper/robustness/ae --eval_flag=--split=test && \\
   python launch/sweep.py \\
       --config=configs/paper/robustness.py:ae_root=/tmp/paper/robustness/ae \\
       --grid=args.robust=all,none,no_kl,no_dropout,no_mask \\
-      --root=/tmp/paper/robustness/lm --evaluate=brier
-  python -m latentlm.report /tmp/paper/robustness/ae/* /tmp/paper/robustness/lm/* \\
+      --root=/tmp/paper/robustness/lm --evaluate=brier \\
+      --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/robustness/ae/* /tmp/paper/robustness/lm/* \\
       --out=/tmp/paper/robustness/report
 
 Expected cost on 2 CPU cores (an estimate from the documented times of

@@ -14,8 +14,9 @@ concept LM gets the same stage-2 FLOPs. Run the whole study:
   python launch/sweep.py \\
       --config=configs/paper/segmentation.py:ae_root=/tmp/paper/segmentation/ae \\
       --grid=args.segment=fixed,words,sentences \\
-      --root=/tmp/paper/segmentation/lm --evaluate=brier
-  python -m latentlm.report /tmp/paper/segmentation/lm/* \\
+      --root=/tmp/paper/segmentation/lm --evaluate=brier \\
+      --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/segmentation/lm/* \\
       --out=/tmp/paper/segmentation/report
 
 Expected cost on 2 CPU cores (an estimate from the documented times of

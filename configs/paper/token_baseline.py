@@ -21,8 +21,9 @@ all four runs and the concept LMs compare directly. Run the whole study, then re
 
   python launch/sweep.py --config=configs/paper/token_baseline.py \\
       --grid=args.tokens=bytes,spm --grid=args.match=flops,params \\
-      --root=/tmp/paper/token_baseline --evaluate=brier
-  python -m latentlm.report /tmp/paper/token_baseline/* \\
+      --root=/tmp/paper/token_baseline --evaluate=brier \\
+      --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/token_baseline/* \\
       /tmp/paper/heads/lm/* --out=/tmp/paper/token_baseline/report
 
 Expected cost on 2 CPU cores (an estimate from FLOPs and the documented
