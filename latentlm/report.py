@@ -99,9 +99,10 @@ def load_run(path: str, split: str | None = None) -> dict:
   flops_per_step = flops.train_flops_per_step(config)
   final_step = max((r['step'] for r in records), default=0)
   final = {}
-  for record in records if not split else ():  # each eval metric's latest
-    final.update({k[len('eval/'):]: v for k, v in record.items()
-                  if k.startswith('eval/')})
+  if not split:  # training's own evals: each metric's latest value
+    for record in records:
+      final.update({k[len('eval/'):]: v for k, v in record.items()
+                    if k.startswith('eval/')})
   # Then what evaluate measured, at the latest step it evaluated (an
   # earlier checkpoint than the last one, when so run: see `evaluated_step`).
   evaluated_step = max((r.get('step', 0) for r in evaluations), default=None)
