@@ -24,8 +24,8 @@ Check that it compiles and fits first (needs libtpu, not a TPU):
   JAX_PLATFORMS=cpu python -m latentlm.aot --config=configs/paper/calm_m.py \\
       --topology=v5p:4x4x4
 
-Not trained here: its cost is set by the pod (python -m latentlm.flops
-counts its FLOPs per step). Args: head (energy), fsdp (64), tensor (1),
+Not trained here: its cost is set by the pod (the aot command above
+prints its model FLOPs per step). Args: head (energy), fsdp (64), tensor (1),
 baseline (false; true: the token LM with this backbone on the same rows).
 """
 
