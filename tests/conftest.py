@@ -3,8 +3,11 @@
 import os
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+import helpers
+
+os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''),
+                                    '--xla_force_host_platform_device_count=8',
+                                    helpers.COMPILE_FLAGS))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Many tests train the same tiny configs, often in subprocesses: a persistent
 # compilation cache (inherited by the subprocesses) compiles each step once.

@@ -131,8 +131,8 @@ def test_bench_train_counts_an_autoencoder(tmp_path, monkeypatch):
   # Its model config has no layer scan to unroll for XLA's count.
   monkeypatch.setattr(bench, 'MATMUL_SIZES', (256,))
   config = helpers.load_config('autoencoder', 'Dz=8')
-  config.model.update(d_model=32, mlp_dim=64)
-  config.data.data_dir = str(tmp_path)
+  config.model.update(d_model=32, mlp_dim=64, num_layers=1)
+  config.data.update(data_dir=str(tmp_path), seq_len=4)
   config.train.batch_size = len(jax.devices())
   result = bench.bench_train(config, num_steps=1, data_batches=1)
   assert result['model_flops_per_step'] == flops.train_flops_per_step(config)

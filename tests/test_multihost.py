@@ -99,7 +99,7 @@ def _run_processes(args, cache_dir, timeout=TIMEOUT_S):
     env = dict(
         os.environ, JAX_PLATFORMS='cpu',
         XLA_FLAGS=f'--xla_force_host_platform_device_count='
-                  f'{DEVICES_PER_PROCESS}',
+                  f'{DEVICES_PER_PROCESS} {helpers.COMPILE_FLAGS}',
         JAX_COMPILATION_CACHE_DIR=cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
