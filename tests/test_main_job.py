@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 import helpers
 
 
@@ -18,7 +16,6 @@ def _stage_flags(stage: str, data_dir: str, num_steps: int) -> list[str]:
           f'{prefix}.train.progress_bar=False']
 
 
-@pytest.mark.slow
 def test_main_job_trains_both_stages_then_samples_and_resumes(tmp_path):
   data_dir, workdir = str(tmp_path / 'tfds'), str(tmp_path / 'bard')
   args = ['--config=configs/shakespeare.py:size=nano', f'--workdir={workdir}',
