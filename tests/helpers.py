@@ -33,9 +33,14 @@ def tiny_token_lm(data_dir: str, **train):
   return config
 
 
+def subprocess_env() -> dict:
+  """The environment of a latentlm command a test starts: 1 CPU device."""
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=COMPILE_FLAGS)
+
+
 def run_module(module: str, *args: str, env=None, timeout=300):
   """Runs `python -m latentlm.MODULE ARGS` in a fresh process on 1 CPU device."""
-  full_env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=COMPILE_FLAGS)
+  full_env = subprocess_env()
   full_env.update(env or {})
   return subprocess.run([sys.executable, '-m', f'latentlm.{module}', *args],
                         capture_output=True, text=True, timeout=timeout,

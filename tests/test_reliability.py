@@ -87,7 +87,7 @@ def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
 
 def test_sigterm_saves_and_resumes_exactly(reference, data_dir, tmp_path):
   workdir = tmp_path / 'preempted'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=helpers.COMPILE_FLAGS)
+  env = helpers.subprocess_env()
   process = subprocess.Popen(
       [sys.executable, '-m', 'latentlm.train', *_flags(data_dir, 100000),
        f'--workdir={workdir}'], cwd=helpers.REPO, env=env,
@@ -172,7 +172,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
   workdir = tmp_path / 'killed'
   flags = _flags(data_dir, 12, **{'train.eval_every': 3,
                                   'train.checkpoint_every': 2})
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=helpers.COMPILE_FLAGS)
+  env = helpers.subprocess_env()
   rng = np.random.default_rng(0)
   metrics = workdir / 'metrics.jsonl'
   for _ in range(3):
