@@ -15,14 +15,17 @@ concept LM gets the same stage-2 FLOPs. Run the whole study:
       --config=configs/paper/segmentation.py:ae_root=/tmp/paper/segmentation/ae \\
       --grid=args.segment=fixed,words,sentences \\
       --root=/tmp/paper/segmentation/lm --evaluate=brier \\
-      --eval_flag=--split=test
+      --eval_flag=--split=test --eval_flag=--block_bytes=64
   python -m latentlm.report --split=test /tmp/paper/segmentation/lm/* \\
       --out=/tmp/paper/segmentation/report
 
-Expected cost on 2 CPU cores (an estimate from the documented times of
-configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): about
-2 minutes of stage 1 and 3 of stage 2 a segmentation, plus evaluation: 15
-minutes in all on an idle machine.
+BrierLM uses 64-byte contexts here, not the default 128: the sampler reads
+at most half its 16-concept window, 8 chunks, and 128 bytes of word or
+sentence chunks (shorter than K when padded) are 11-12 of them.
+
+Measured on 2 CPU cores (commit c6214aa, mostly idle): stage 1 2-2.6
+minutes a segmentation, stage 2 3-5.3 minutes (1126 steps), with
+evaluation 23 minutes in all.
 
 Args: segment (fixed), K (16), stage (concept_lm | autoencoder), ae_root.
 """
