@@ -14,9 +14,9 @@ stage-1 autoencoder, the same stage-2 FLOPs for both. Run the whole study:
   python -m latentlm.report --split=test /tmp/paper/ar_input/lm/* \\
       --out=/tmp/paper/ar_input/report
 
-Expected cost on 2 CPU cores (an estimate from the documented times of
-configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): about
-2 minutes of stage 1 and 3 minutes per input, 8 minutes on an idle machine.
+Measured on 2 CPU cores (commit 91699ca, beside other work on the host):
+stage 1 3 minutes with its evaluation, stage 2 5-7 minutes per input plus
+3 of evaluation, 21 minutes in all.
 
 Args: input (tokens), stage (concept_lm | autoencoder), ae_root.
 """
