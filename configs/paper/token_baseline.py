@@ -17,26 +17,23 @@ tokens (2.26 bytes a token on the Shakespeare test plays at vocabulary
 1024). So the BPE model sees more context than the concept LMs' 256-byte
 rows, which favours the baseline, and BrierLM's 128-byte blocks fit its
 half-window of 128 tokens. Bits/byte and BrierLM count bytes of text, so
-all four runs and the concept LMs compare directly. Run the whole study, then report it with the concept LMs:
+all four runs and the concept LMs compare directly. Run the whole study,
+then report it with the concept LMs:
 
-  python launch/sweep.py --config=configs/paper/token_baseline.py \\
-      --grid=args.tokens=bytes,spm --grid=args.match=flops,params \\
-      --root=/tmp/paper/token_baseline --evaluate=brier \\
-      --eval_flag=--split=test
-  python -m latentlm.report --split=test /tmp/paper/token_baseline/* \\
+  python launch/sweep.py --config=configs/paper/token_baseline.py:match=flops \\
+      --grid=args.tokens=bytes,spm --root=/tmp/paper/token_baseline/flops \\
+      --evaluate=brier --eval_flag=--split=test
+  python launch/sweep.py --config=configs/paper/token_baseline.py:match=params \\
+      --grid=args.tokens=bytes,spm --root=/tmp/paper/token_baseline/params \\
+      --evaluate=brier --eval_flag=--split=test
+  python -m latentlm.report --split=test /tmp/paper/token_baseline/*/* \\
       /tmp/paper/heads/lm/* --out=/tmp/paper/token_baseline/report
 
-Expected cost on 2 CPU cores (an estimate from FLOPs and the documented
-"a few minutes" for 600 steps of the tiny token LM): 100 steps for
-match=flops, under 3 minutes a run with compile and evaluation; 299 steps
-of the deeper model (3.3x the FLOPs) for match=params, about 10 minutes a
-run; training the BPE vocabulary takes seconds, once. About 26 minutes in
-all on an idle machine. Measured with `python -m latentlm.bench train
---config=configs/paper/token_baseline.py:tokens=bytes,match=M --steps=5` on
-a shared host at load about 5 (its matmul peak at a third to a half of
-idle): 4.0 s a step for match=flops (100 steps, 7 minutes) and 4.3 s for
-match=params (299 steps, 22 minutes); on a loaded host the study overruns
-30 minutes.
+Measured on 2 CPU cores, with evaluation: match=flops 6-11 minutes a run
+(commit 7bc4bf3, a loaded host), match=params 13-15 minutes a run (commit
+c6214aa, mostly idle; 2.2-3.3 s a step). The four runs take about 45
+minutes, hence the two sweeps above, of under 30 minutes each. Training
+the BPE vocabulary takes seconds, once.
 
 Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
 """
