@@ -19,10 +19,11 @@ evaluated with BrierLM. Run the whole study:
   python -m latentlm.report --split=test /tmp/paper/robustness/ae/* /tmp/paper/robustness/lm/* \\
       --out=/tmp/paper/robustness/report
 
-Expected cost on 2 CPU cores (an estimate from the documented times of
-configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): about
-2 minutes of stage 1 and 3 of stage 2 per variant, 25 minutes in all on an
-idle machine.
+Measured on 2 CPU cores (commit 115212f, idle): stage 1 1.5-2 minutes a
+variant, stage 2 about 3 minutes a variant plus 1.5 of evaluation, 33
+minutes in all, 3 over the 30-minute mark. Its "all" concept LM is the
+heads study's flow run (the same numbers to the last digit), so a
+researcher who has that run can skip it and stay under 30.
 
 Args: robust (all), stage (concept_lm | autoencoder), ae_root.
 """
