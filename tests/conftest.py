@@ -5,9 +5,8 @@ import tempfile
 
 import helpers
 
-os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''),
-                                    '--xla_force_host_platform_device_count=8',
-                                    helpers.COMPILE_FLAGS))
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                           helpers.xla_flags(8))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Many tests train the same tiny configs, often in subprocesses: a persistent
 # compilation cache (inherited by the subprocesses) compiles each step once.

@@ -14,6 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILE_FLAGS = '--xla_backend_optimization_level=0'
 
 
+def xla_flags(num_devices: int = 1) -> str:
+  """XLA_FLAGS of a test's JAX: `num_devices` CPU devices, COMPILE_FLAGS."""
+  return (f'--xla_force_host_platform_device_count={num_devices} '
+          f'{COMPILE_FLAGS}')
+
+
 def load_config(name: str, arg: str | None = None):
   """configs/NAME.py's get_config(arg), as the command line would load it."""
   path = os.path.join(REPO, 'configs', f'{name}.py')
@@ -35,7 +41,7 @@ def tiny_token_lm(data_dir: str, **train):
 
 def subprocess_env() -> dict:
   """The environment of a latentlm command a test starts: 1 CPU device."""
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=COMPILE_FLAGS)
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags())
 
 
 def run_module(module: str, *args: str, env=None, timeout=300):

@@ -98,8 +98,7 @@ def _run_processes(args, cache_dir, timeout=TIMEOUT_S):
   for i in range(PROCESSES):
     env = dict(
         os.environ, JAX_PLATFORMS='cpu',
-        XLA_FLAGS=f'--xla_force_host_platform_device_count='
-                  f'{DEVICES_PER_PROCESS} {helpers.COMPILE_FLAGS}',
+        XLA_FLAGS=helpers.xla_flags(DEVICES_PER_PROCESS),
         JAX_COMPILATION_CACHE_DIR=cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',

@@ -12,8 +12,7 @@ import helpers
 from latentlm import runs
 
 N = 6  # steps before the interruption; the full run has 2N
-EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 '
-                            + helpers.COMPILE_FLAGS}
+EIGHT_DEVICES = {'XLA_FLAGS': helpers.xla_flags(8)}
 
 
 def _train_flags(tmp_data_dir, num_steps, **extra):
