@@ -8,7 +8,9 @@ Reads each workdir's config.json, metrics.jsonl and evaluations.jsonl (what
                               evaluate measured at the latest step it
                               evaluated, shown as 'evaluated at')
   brier_vs_flops.png          BrierLM against training FLOPs, a line per run
-                              (its evaluations at several checkpoints)
+                              (its evaluations at several checkpoints), with
+                              the bootstrap interval evaluate measured
+  brier_1_vs_flops.png        Brier-1 the same way
   bits_per_byte_vs_flops.png  eval bits/byte against training FLOPs (runs
                               with a likelihood), from metrics.jsonl
   reconstruction_vs_noise.png autoencoder token accuracy against noise sigma
@@ -142,12 +144,27 @@ def markdown_table(runs) -> str:
 
 
 # ----------------------------------------------------------------- series
-def brier_series(run):
-  """[(training FLOPs, brier_lm)] of the run's BrierLM evaluations."""
-  points = {r['step']: r['brier_lm'] for r in run['evaluations']
-            if 'brier_lm' in r}
-  return [(step * run['flops_per_step'], value)
+def evaluation_series(run, metric: str):
+  """[(training FLOPs, value[, (ci_low, ci_high)])] of `metric` in the run's
+  evaluations, the last record of a step winning; BrierLM carries its
+  bootstrap interval when evaluate measured one."""
+  points = {}
+  for r in run['evaluations']:
+    if metric in r:
+      interval = ((r['ci_low'], r['ci_high'])
+                  if metric == 'brier_lm' and 'ci_low' in r else None)
+      points[r['step']] = (r[metric],) + ((interval,) if interval else ())
+  return [(step * run['flops_per_step'],) + value
           for step, value in sorted(points.items())]
+
+
+def brier_series(run):
+  return evaluation_series(run, 'brier_lm')
+
+
+def brier_1_series(run):
+  """Brier-1 too: at CPU scale BrierLM is 0 for most runs (TABLE_METRICS)."""
+  return evaluation_series(run, 'brier_1')
 
 
 def bits_per_byte_series(run):
@@ -176,26 +193,56 @@ def _pyplot():
   return plt
 
 
+MARKERS = 'osD^vPX<>*'
+
+
 def plot(series_by_run: dict, path: str, xlabel: str, ylabel: str,
          log_x: bool) -> bool:
-  """One line per run; writes nothing when no run has points."""
+  """One line per run, with error bars where its points carry an interval;
+  writes nothing when no run has points. `log_x` takes effect only when x
+  spans more than a decade (an equal-FLOPs study sits at one x)."""
   series_by_run = {k: v for k, v in series_by_run.items() if v}
   if not series_by_run:
     return False
   plt = _pyplot()
-  figure, axes = plt.subplots(figsize=(6, 4))
-  for name, points in series_by_run.items():
-    x, y = zip(*points)
-    axes.plot(x, y, marker='o', label=name)
-  if log_x:
+  figure, axes = plt.subplots(figsize=(8, 4))
+  all_x = [p[0] for points in series_by_run.values() for p in points]
+  for i, (name, points) in enumerate(series_by_run.items()):
+    x, y = [p[0] for p in points], [p[1] for p in points]
+    line, = axes.plot(x, y, marker=MARKERS[i % len(MARKERS)], label=name,
+                      alpha=0.85)
+    if all(len(p) > 2 for p in points):
+      below = [value - p[2][0] for value, p in zip(y, points)]
+      above = [p[2][1] - value for value, p in zip(y, points)]
+      axes.errorbar(x, y, yerr=[below, above], fmt='none', capsize=3,
+                    color=line.get_color(), alpha=0.5)
+  if log_x and min(all_x) > 0 and max(all_x) > 10 * min(all_x):
     axes.set_xscale('log')
+  elif xlabel == 'training FLOPs':
+    axes.ticklabel_format(axis='x', style='sci', scilimits=(0, 0))
   axes.set(xlabel=xlabel, ylabel=ylabel)
   axes.grid(alpha=0.3)
-  axes.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  axes.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  figure.savefig(path, dpi=120, bbox_inches='tight')
   plt.close(figure)
   return True
+
+
+def run_labels(runs) -> dict:
+  """{path: legend label}: the run's name (report.md has its config), with
+  its task or its parent directory added where names alone collide."""
+  def unique(label_of):
+    labels = [label_of(r) for r in runs]
+    return all(labels.count(label) == 1 for label in labels)
+  for label_of in (lambda r: r['name'],
+                   lambda r: f"{r['name']} ({r['config'].task})",
+                   lambda r: os.path.relpath(r['path'], os.path.dirname(
+                       os.path.dirname(r['path'].rstrip('/'))))):
+    if unique(label_of):
+      break
+  else:
+    label_of = lambda r: r['path']
+  return {r['path']: label_of(r) for r in runs}
 
 
 def write_report(run_dirs, out: str, plots: bool = True,
@@ -213,10 +260,13 @@ def write_report(run_dirs, out: str, plots: bool = True,
     f.write(markdown_table(runs))
   if not plots:
     return written
-  label = lambda r: f"{r['name']} ({r['summary']})"
+  labels = run_labels(runs)
+  label = lambda r: labels[r['path']]
   figures = dict(
-      brier=(brier_series, 'brier_vs_flops.png', 'training FLOPs', 'BrierLM',
-             True),
+      brier=(brier_series, 'brier_vs_flops.png', 'training FLOPs',
+             'BrierLM (95% bootstrap interval)', True),
+      brier_1=(brier_1_series, 'brier_1_vs_flops.png', 'training FLOPs',
+               'Brier-1', True),
       bits_per_byte=(bits_per_byte_series, 'bits_per_byte_vs_flops.png',
                      'training FLOPs', 'eval bits/byte', True),
       reconstruction=(noise_series, 'reconstruction_vs_noise.png',

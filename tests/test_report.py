@@ -35,9 +35,9 @@ def run_dirs(tmp_path_factory):
       [{'metric': 'brier', 'step': 10, 'brier_lm': 1.5},
        {'metric': 'brier', 'step': 20, 'brier_lm': 4.25},
        {'metric': 'brier', 'step': 20, 'brier_lm': 0.5, 'brier_1': 0.25,
-        'data': 'shakespeare:test'},
-       {'metric': 'brier', 'step': 20, 'brier_lm': 4.25,
-        'data': 'shakespeare:validation'}])
+        'ci_low': 0.0, 'ci_high': 1.5, 'data': 'shakespeare:test'},
+       {'metric': 'brier', 'step': 20, 'brier_lm': 4.25, 'ci_low': 3.0,
+        'ci_high': 5.0, 'data': 'shakespeare:validation'}])
   ae = helpers.load_config('autoencoder', 'Dz=8')
   ae_dir = _fake_run(
       tmp_path / 'ae', ae, [{'step': 5, 'eval/token_acc': 0.75}],
@@ -55,14 +55,15 @@ def test_table_has_one_row_per_run_with_known_values(run_dirs):
   token, ae, concept = runs
   # All evaluations at step 20 count; the last written wins.
   assert token['final'] == {'bits_per_byte': 2.5, 'brier_lm': 4.25,
-                            'brier_1': 0.25}
+                            'brier_1': 0.25, 'ci_low': 3.0, 'ci_high': 5.0}
   assert token['train_flops'] == 20 * flops.train_flops_per_step(
       token['config'])
   assert token['params'] > 0 and concept['params'] > 0
   assert ae['final']['token_acc'] == 0.9  # evaluate's, over the train eval
   assert report.noise_series(ae) == [(0.0, 0.9), (0.1, 0.8), (0.5, 0.25)]
   assert report.brier_series(token) == [
-      (10 * token['flops_per_step'], 1.5), (20 * token['flops_per_step'], 4.25)]
+      (10 * token['flops_per_step'], 1.5),
+      (20 * token['flops_per_step'], 4.25, (3.0, 5.0))]
   table = report.markdown_table(runs).splitlines()
   assert len(table) == 2 + 3
   assert table[0].startswith(
@@ -76,8 +77,9 @@ def test_cli_writes_table_and_plots(run_dirs, tmp_path):
   pytest.importorskip('matplotlib')
   out = tmp_path / 'out'
   written = report.write_report(run_dirs, str(out))
-  assert set(written) == {'table', 'brier', 'bits_per_byte', 'reconstruction'}
-  for key in ('brier', 'bits_per_byte', 'reconstruction'):
+  assert set(written) == {'table', 'brier', 'brier_1', 'bits_per_byte',
+                          'reconstruction'}
+  for key in ('brier', 'brier_1', 'bits_per_byte', 'reconstruction'):
     with open(written[key], 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -102,6 +104,20 @@ def test_a_directory_that_is_no_run_is_one_line(tmp_path):
 
 def test_split_keeps_only_that_splits_evaluations(run_dirs):
   token = report.load_run(run_dirs[0], split='test')
-  assert token['final'] == {'brier_lm': 0.5, 'brier_1': 0.25}
+  assert token['final'] == {'brier_lm': 0.5, 'brier_1': 0.25, 'ci_low': 0.0,
+                            'ci_high': 1.5}
   assert token['evaluated_step'] == 20
+  x = 20 * token['flops_per_step']
+  assert report.brier_series(token) == [(x, 0.5, (0.0, 1.5))]  # interval
+  assert report.brier_1_series(token) == [(x, 0.25)]
   assert report.load_run(run_dirs[1], split='test')['final'] == {}
+
+
+def test_legend_labels_stay_distinct_when_run_names_collide(run_dirs):
+  runs = [report.load_run(d) for d in run_dirs]
+  assert list(report.run_labels(runs).values()) == ['tok', 'ae', 'clm']
+  twins = [dict(r, name='same') for r in runs]  # one name, three tasks
+  assert list(report.run_labels(twins).values()) == [
+      'same (token_lm)', 'same (autoencoder)', 'same (concept_lm)']
+  twins = [dict(r, name='same') for r in runs[1:]] * 2  # one task twice
+  assert len(set(report.run_labels(twins).values())) == 2  # by path
