@@ -218,7 +218,7 @@ def plot(series_by_run: dict, path: str, xlabel: str, ylabel: str,
                     color=line.get_color(), alpha=0.5)
   if log_x and min(all_x) > 0 and max(all_x) > 10 * min(all_x):
     axes.set_xscale('log')
-  elif xlabel == 'training FLOPs':
+  elif log_x:  # a narrow FLOPs range: linear, in one power of ten
     axes.ticklabel_format(axis='x', style='sci', scilimits=(0, 0))
   axes.set(xlabel=xlabel, ylabel=ylabel)
   axes.grid(alpha=0.3)
