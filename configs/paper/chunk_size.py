@@ -14,11 +14,13 @@ flow head, previous-chunk token input; stage 1 per K. Run the whole study
   python -m latentlm.report --split=test /tmp/paper/chunk_size/lm/* \\
       --out=/tmp/paper/chunk_size/report
 
-Expected cost on 2 CPU cores (an estimate, from the documented times of
-configs/autoencoder.py, 225 CPU-s for 400 steps, and configs/shakespeare.py,
-about 5 minutes for 500 stage-2 steps of 1.67e10 FLOPs, scaled by FLOPs):
-stage 1 about 2 minutes per K, stage 2 about 2 minutes per K plus compile
-and evaluation, so about 25 minutes for the study on an idle machine.
+Measured on 2 CPU cores (commit 951e994, idle): stage 1 1.8-3.5 minutes a
+K (11.6 in all); stage 2 with its evaluations 8.9 minutes at K=1 (4.1 for
+73 steps of 256-concept rows, 4.8 to evaluate) and 4.4-5.9 at K=2-16 (28.4
+in all): 40 minutes for the study, over the 30-minute mark. Its K=4 run is
+configs/paper/heads.py's flow run, number for number; a researcher who has
+that one can leave K=4 out of both grids (and report the heads run beside
+the others) to save about 6 minutes.
 
 Args: K (4), stage (concept_lm | autoencoder), ae_root (the stage-1 sweep's
 root; the run of K is AE_ROOT/K-<K>).
