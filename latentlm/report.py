@@ -230,19 +230,16 @@ def plot(series_by_run: dict, path: str, xlabel: str, ylabel: str,
 
 def run_labels(runs) -> dict:
   """{path: legend label}: the run's name (report.md has its config), with
-  its task or its parent directory added where names alone collide."""
-  def unique(label_of):
-    labels = [label_of(r) for r in runs]
-    return all(labels.count(label) == 1 for label in labels)
+  its task added where names alone collide, else its path below the runs'
+  common directory."""
+  by_path = {r['path']: r for r in runs}
   for label_of in (lambda r: r['name'],
-                   lambda r: f"{r['name']} ({r['config'].task})",
-                   lambda r: os.path.relpath(r['path'], os.path.dirname(
-                       os.path.dirname(r['path'].rstrip('/'))))):
-    if unique(label_of):
-      break
-  else:
-    label_of = lambda r: r['path']
-  return {r['path']: label_of(r) for r in runs}
+                   lambda r: f"{r['name']} ({r['config'].task})"):
+    labels = {path: label_of(r) for path, r in by_path.items()}
+    if len(set(labels.values())) == len(labels):
+      return labels
+  root = os.path.commonpath(list(by_path))
+  return {path: os.path.relpath(path, root) for path in by_path}
 
 
 def write_report(run_dirs, out: str, plots: bool = True,

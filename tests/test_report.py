@@ -119,5 +119,7 @@ def test_legend_labels_stay_distinct_when_run_names_collide(run_dirs):
   twins = [dict(r, name='same') for r in runs]  # one name, three tasks
   assert list(report.run_labels(twins).values()) == [
       'same (token_lm)', 'same (autoencoder)', 'same (concept_lm)']
-  twins = [dict(r, name='same') for r in runs[1:]] * 2  # one task twice
-  assert len(set(report.run_labels(twins).values())) == 2  # by path
+  twins = [dict(runs[2], name='same', path=f'/paper/{study}/lm/same')
+           for study in ('heads', 'chunk_size')]  # one name and task twice
+  assert list(report.run_labels(twins).values()) == [
+      'heads/lm/same', 'chunk_size/lm/same']
