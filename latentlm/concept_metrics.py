@@ -8,9 +8,14 @@
   gmm_nll:       -log p(mu | h) in nats per concept, only for the gmm head
                  (the others have no likelihood). A density in the normalised
                  latent space: comparable across gmm runs of one autoencoder.
-  loss:          the head's training loss at eval (targets as in training).
+  loss:          the head's training loss at eval (targets drawn as in
+                 training), and its parts head_loss and token_ce when the
+                 token head is on.
 
 All are means over real next chunks (not all-pad), like the task's loss.
+One pass over the batches computes them all from one head sample per
+concept: flow and diffusion heads sample in many network passes, the
+evaluation's main cost.
 """
 
 import jax
@@ -19,58 +24,54 @@ import jax.numpy as jnp
 from latentlm import train
 
 
+# The loss's target noise and head randomness come from their own stream,
+# apart from the sample's, so either can change without moving the other.
+_LOSS_STREAM = 1
+
+
 def _sums(task, params, frozen, tokens_BxS1xK, rng):
-  """Sums over real next chunks, and their count."""
-  B, S1, K = tokens_BxS1xK.shape
-  N = B * (S1 - 1)
-  mean_BxS1xZ, _ = task.encode(frozen, tokens_BxS1xK)
-  inputs = task.model_inputs(frozen, tokens_BxS1xK[:, :-1],
-                             mean_BxS1xZ[:, :-1])
-  h_BxSxD, _ = task.model.apply({'params': params}, inputs)
-  h_NxD = h_BxSxD.reshape(N, -1)
-  next_mu_NxZ = mean_BxS1xZ[:, 1:].reshape(N, -1)
-  sample_NxZ = task.model.apply({'params': params}, h_NxD, rng, 1.0,
+  """Sums over real next chunks, and the counts they are means over."""
+  terms = task.head_terms(params, frozen, tokens_BxS1xK, *jax.random.split(
+      jax.random.fold_in(rng, _LOSS_STREAM)))
+  real_N, next_mu_NxZ = terms['real_N'], terms['next_mean_NxZ']
+  sample_NxZ = task.model.apply({'params': params}, terms['h_NxD'], rng, 1.0,
                                 method='sample')
   decoded_Nx1xK = task.decode(frozen, sample_NxZ)[:, None]
   roundtrip_NxZ = task.encode(frozen, decoded_Nx1xK)[0][:, 0]
-  real_N = (tokens_BxS1xK[:, 1:].reshape(N, K) != task.pad_id).any(-1)
-  real_N = real_N.astype(jnp.float32)
   sums = dict(
       latent_l2=jnp.linalg.norm(sample_NxZ - next_mu_NxZ, axis=-1) @ real_N,
       roundtrip_l2=jnp.linalg.norm(roundtrip_NxZ - next_mu_NxZ,
-                                   axis=-1) @ real_N)
+                                   axis=-1) @ real_N,
+      loss=terms['loss_N'] @ real_N,
+      **{name: value_N @ real_N
+         for name, value_N in terms['metrics_N'].items()})
   if task.config.head.name == 'gmm':
-    log_p_N = task.model.apply({'params': params}, h_NxD, next_mu_NxZ,
+    log_p_N = task.model.apply({'params': params}, terms['h_NxD'],
+                               next_mu_NxZ,
                                method=lambda m, h, z: m.head.log_prob(h, z))
     sums['gmm_nll'] = -log_p_N @ real_N
-  return sums, real_N.sum()
+  counts = dict(num_concepts=real_N.sum(), num_bytes=task.next_chunk_bytes(
+      terms['next_tokens_NxK']).sum())
+  return sums, counts
 
 
 def concept_lm_metrics(run, batches, seed: int = 0) -> dict:
-  """latent_l2, roundtrip_l2, gmm_nll (gmm head), num_concepts, num_bytes."""
+  """The metrics above, num_concepts and num_bytes (of the next chunks)."""
   task = run.task
   sums_fn = jax.jit(lambda params, frozen, tokens, rng: _sums(
       task, params, frozen, tokens, rng))
-  totals, count = {}, 0.0
+  totals, counts = {}, dict(num_concepts=0.0, num_bytes=0.0)
   rng = jax.random.key(seed)
   with run.trainer.context():
     for i, batch in enumerate(batches):
       tokens = train.global_batch(batch, run.trainer.mesh)['tokens']
-      sums, n = jax.device_get(sums_fn(run.state.params, run.state.frozen,
-                                       tokens, jax.random.fold_in(rng, i)))
+      sums, batch_counts = jax.device_get(sums_fn(
+          run.state.params, run.state.frozen, tokens,
+          jax.random.fold_in(rng, i)))
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + float(value)
-      count += float(n)
-  metrics = {name: value / max(count, 1.0) for name, value in totals.items()}
-  metrics['num_concepts'] = count
-  return metrics
-
-
-def concept_lm_eval(run, batches) -> dict:
-  """The task's own eval loss and bytes, plus the metrics above."""
-  batches = list(batches)
-  loss_metrics = run.trainer.evaluate(run.state, iter(batches),
-                                      max_batches=10**9)
-  metrics = concept_lm_metrics(run, batches)
-  return dict(metrics, loss=loss_metrics['loss'],
-              num_bytes=loss_metrics['num_bytes'])
+      for name, value in batch_counts.items():
+        counts[name] += float(value)
+  num_concepts = max(counts['num_concepts'], 1.0)
+  return dict({name: value / num_concepts for name, value in totals.items()},
+              **counts)

@@ -53,7 +53,7 @@ def evaluate(run, split=None, text_path=None, batch_size=16) -> dict:
   elif run.config.task == 'autoencoder':
     metrics = reconstruction.reconstruction_metrics(run, batches)
   elif run.config.task == 'concept_lm':
-    metrics = concept_metrics.concept_lm_eval(run, batches)
+    metrics = concept_metrics.concept_lm_metrics(run, batches)
   else:
     raise cli.UserError(f'evaluation of task {run.config.task!r} is not '
                         'available yet')

@@ -164,8 +164,7 @@ def test_a_block_longer_than_the_sampler_window_is_one_line(token_lm_workdir):
 HAMLET = 'To be, or not to be, that is the question: whether tis nobler. ' * 3
 
 
-@pytest.fixture(scope='module')
-def concept_lm_run():
+def _gmm_run(**overrides):
   """An initialised (untrained) nano concept LM with a gmm head, as a Run.
 
   At init the gmm head's output kernels are zero (GIVT), so its mixture is
@@ -179,11 +178,17 @@ def concept_lm_run():
   config.head = helpers.load_config('concept_lm', 'size=nano,head=gmm').head
   config.head.update(hidden_dim=32, num_layers=1, num_components=3)
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  config.update(overrides)
   task = concept_lm.Task(config, clm._autoencoder_config())  # pylint: disable=protected-access
   trainer = train.Trainer(config, task, sharding.make_mesh(
       config.mesh, jax.devices()[:1]))
   return runs.Run(config=config, task=task, trainer=trainer,
                   state=trainer.init_state(), step=0)
+
+
+@pytest.fixture(scope='module')
+def concept_lm_run():
+  return _gmm_run()
 
 
 def test_concept_lm_metrics_and_the_gmm_closed_form(concept_lm_run, tmp_path):
@@ -213,6 +218,18 @@ def test_concept_lm_metrics_and_the_gmm_closed_form(concept_lm_run, tmp_path):
   nll_M = -np.logaddexp.reduce(log_p_MxC, axis=1)
   np.testing.assert_allclose(metrics['gmm_nll'], nll_M.mean(), rtol=1e-4)
   assert metrics['num_concepts'] == len(mu_MxZ)
+
+
+def test_concept_lm_eval_loss_without_target_noise_is_the_gmm_nll(tmp_path):
+  """The loss (head.loss on targets = mu) and gmm_nll (head.log_prob of mu)
+  are two computations, averaged over the same concepts in the same pass."""
+  from latentlm import evaluate  # pylint: disable=g-import-not-at-top
+  run = _gmm_run(target_noise=0.0, token_loss_weight=0.0)
+  text = tmp_path / 'hamlet.txt'
+  text.write_text(HAMLET)
+  metrics = evaluate.evaluate(run, text_path=str(text), batch_size=8)
+  np.testing.assert_allclose(metrics['loss'], metrics['gmm_nll'], rtol=1e-5)
+  assert 'token_ce' not in metrics
 
 
 def test_brier_end_to_end_on_a_concept_lm(concept_lm_run, tmp_path):

@@ -142,12 +142,12 @@ class Task:
                              method='init_all')['params']
     return params, self.init_frozen(frozen_rng)
 
-  def loss(self, params, frozen, batch, rng, train):
-    """Head loss per real target concept; eval adds `latent_l2`."""
-    tokens_BxS1xK = batch['tokens']
+  def head_terms(self, params, frozen, tokens_BxS1xK, target_rng, head_rng):
+    """The per-concept loss of rows of S + 1 chunks, with what evaluation
+    needs beside it: dict(loss_N, metrics_N (head_loss, token_ce when the
+    token head is on), h_NxD, next_mean_NxZ, next_tokens_NxK, real_N)."""
     B, S1, _ = tokens_BxS1xK.shape
     N, M, Z = B * (S1 - 1), self.config.head_targets, self.latent_dim
-    target_rng, head_rng, sample_rng = jax.random.split(rng, 3)
     mean_BxS1xZ, std_BxS1xZ = self.encode(frozen, tokens_BxS1xK)
     inputs = self.model_inputs(frozen, tokens_BxS1xK[:, :-1],
                                mean_BxS1xZ[:, :-1])
@@ -161,29 +161,41 @@ class Task:
     loss_N = self.model.apply({'params': params}, h_NxD, z_NxMxZ, head_rng,
                               method='loss')
     next_tokens_NxK = tokens_BxS1xK[:, 1:].reshape(N, -1)
-    metrics = {}
+    metrics_N = {}
     if self.config.token_loss_weight > 0:
       logits_NxKxV = self.model.apply({'params': params}, h_NxD,
                                       method='next_token_logits')
       ce_N = optax.softmax_cross_entropy_with_integer_labels(
           logits_NxKxV, next_tokens_NxK).sum(-1)
-      metrics['head_loss'] = loss_N
-      metrics['token_ce'] = ce_N
+      metrics_N = dict(head_loss=loss_N, token_ce=ce_N)
       loss_N = loss_N + self.config.token_loss_weight * ce_N
-
     real_N = (next_tokens_NxK != self.pad_id).any(-1).astype(jnp.float32)
+    return dict(loss_N=loss_N, metrics_N=metrics_N, h_NxD=h_NxD,
+                next_mean_NxZ=next_mean_NxZ, next_tokens_NxK=next_tokens_NxK,
+                real_N=real_N)
+
+  def next_chunk_bytes(self, next_tokens_NxK):
+    """Bytes of text in each chunk (pads are none)."""
+    return jnp.asarray(self.byte_lengths)[next_tokens_NxK].sum(-1)
+
+  def loss(self, params, frozen, batch, rng, train):
+    """Head loss per real target concept; eval adds `latent_l2`."""
+    target_rng, head_rng, sample_rng = jax.random.split(rng, 3)
+    terms = self.head_terms(params, frozen, batch['tokens'], target_rng,
+                            head_rng)
+    real_N = terms['real_N']
     num_concepts = jnp.maximum(real_N.sum(), 1.0)
-    metrics = {k: v @ real_N / num_concepts for k, v in metrics.items()}
-    metrics.update(
-        num_bytes=jnp.asarray(self.byte_lengths)[next_tokens_NxK].sum(),
-        num_concepts=real_N.sum())
+    metrics = {k: v @ real_N / num_concepts
+               for k, v in terms['metrics_N'].items()}
+    bytes_N = self.next_chunk_bytes(terms['next_tokens_NxK'])
+    metrics.update(num_bytes=bytes_N.sum(), num_concepts=real_N.sum())
     if not train:  # sampling can take many head passes (flow, diffusion)
       # One sample at temperature 1 against the true next posterior mean.
-      sample_NxZ = self.model.apply({'params': params}, h_NxD, sample_rng,
-                                    1.0, method='sample')
-      l2_N = jnp.linalg.norm(sample_NxZ - next_mean_NxZ, axis=-1)
+      sample_NxZ = self.model.apply({'params': params}, terms['h_NxD'],
+                                    sample_rng, 1.0, method='sample')
+      l2_N = jnp.linalg.norm(sample_NxZ - terms['next_mean_NxZ'], axis=-1)
       metrics['latent_l2'] = l2_N @ real_N / num_concepts
-    return loss_N @ real_N / num_concepts, metrics
+    return terms['loss_N'] @ real_N / num_concepts, metrics
 
   def tokens_per_step(self) -> int:
     """Concept positions trained per step (for throughput and FLOPs)."""
