@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import time
 
@@ -204,7 +205,12 @@ def train(config, workdir_path: str) -> dict:
   # later than the others; process 0 logs it.
   peak = peak_flops_per_s(list(mesh.devices.flat))
   progress = _progress_bar(config, start_step, num_steps, is_lead)
-  stop = reliability.StopSignal()  # SIGTERM: save this step, exit cleanly
+  # SIGTERM: save this step, exit cleanly. With several processes JAX's
+  # preemption service hears it instead, and ckpt.reached_preemption names
+  # one step for all: a local flag would stop one process and leave the
+  # others waiting for it in their next collective.
+  stop = reliability.StopSignal(
+      signals=(signal.SIGTERM,) if jax.process_count() == 1 else ())
   eval_metrics, train_metrics = {}, []
   last_time, last_step, step = time.perf_counter(), start_step, start_step
   try:

@@ -8,8 +8,11 @@ the same global batches: each process's rows, process 0's first.
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import jax
@@ -87,8 +90,8 @@ def test_lockstep_on_one_process_stops_at_the_end_or_the_limit():
 # ------------------------------------------------ processes on 127.0.0.1
 
 
-def _run_processes(args, cache_dir, timeout=TIMEOUT_S):
-  """Runs `python ARGS` as PROCESSES processes of one distributed run.
+def _start_processes(args, cache_dir):
+  """Starts `python ARGS` as PROCESSES processes of one distributed run.
 
   They share a compilation cache in `cache_dir`: compiling is most of the
   time these small runs take.
@@ -108,6 +111,11 @@ def _run_processes(args, cache_dir, timeout=TIMEOUT_S):
     procs.append(subprocess.Popen(
         [sys.executable, *args], cwd=helpers.REPO, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+  return procs
+
+
+def _wait_for_processes(procs, timeout=TIMEOUT_S):
+  """Their (stdout, stderr) once all exit 0; killed after `timeout`."""
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
   finally:
@@ -117,7 +125,13 @@ def _run_processes(args, cache_dir, timeout=TIMEOUT_S):
     log = '\n'.join(line for line in stderr.splitlines()
                     if not line.startswith('[Gloo]'))
     assert p.returncode == 0, f'process {i}:\n{log[-6000:]}'
-  return [stdout for stdout, _ in outputs]
+  return outputs
+
+
+def _run_processes(args, cache_dir, timeout=TIMEOUT_S):
+  """The stdout of each process of `python ARGS`, run to the end."""
+  procs = _start_processes(args, cache_dir)
+  return [stdout for stdout, _ in _wait_for_processes(procs, timeout)]
 
 
 def _as_process(index, fn, *args, **kwargs):
@@ -206,6 +220,36 @@ def test_token_lm_on_two_processes_equals_one(tmp_path, data_dir, cache_dir):
   records = _train_twice('token_lm.py:size=nano', config, str(tmp_path),
                          cache_dir)
   _check_against_reference(records, reference_losses, reference_evals)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_all_at_one_step(tmp_path, data_dir,
+                                                       cache_dir):
+  """A preempted host is one SIGTERM on one process: every process must save
+  the same step and exit 0, and none may wait forever in a collective."""
+  config = _small_run(helpers.tiny_token_lm(data_dir))
+  config.train.update(num_steps=100000, checkpoint_every=100000,
+                      eval_every=100000)
+  next(train.make_data(config, tasks.get_task(config), 'train', 1,
+                       seed=0))  # builds the data before two processes race
+  procs = _start_processes(
+      ['-m', 'latentlm.train', '--config=configs/token_lm.py:size=nano',
+       *helpers.config_flags(config), f'--workdir={tmp_path}'], cache_dir)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + TIMEOUT_S
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = _wait_for_processes(procs, timeout=240)
+  stopped = [re.findall(r'stopped at step (\d+)', stderr)
+             for _, stderr in outputs]
+  assert stopped[0] and stopped[0] == stopped[1], stopped
+  step = int(stopped[0][0])
+  assert step >= 3
+  kept = [int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit()]
+  assert max(kept) == step, kept
 
 
 def _fake_autoencoder_workdir(path, data_dir):

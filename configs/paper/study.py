@@ -35,13 +35,21 @@ def autoencoder(*, K=4, segment='fixed', Dz=32):
   return ae
 
 
+# The main job's stage-2 choices (configs/shakespeare.py), copied rather than
+# loaded so that tuning the main job does not change the studies' numbers.
+TOKEN_LOSS_WEIGHT = 1.0
+BATCH_SIZE = 16
+
+
 def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
                budget_flops=None):
-  """Stage 2 of configs/shakespeare.py over `ae`, whose trained workdir is
+  """Stage 2 (configs/concept_lm.py at size=tiny, with the main job's
+  auxiliary token loss and batch) over `ae`, whose trained workdir is
   `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training."""
-  lm = budget.config_file(
-      'shakespeare', f'head={head},input={input},size=tiny,'
-      f'Dz={ae.model.latent_dim}').stages.concept_lm
+  lm = budget.config_file('concept_lm',
+                          f'head={head},input={input},size=tiny')
+  lm.token_loss_weight = TOKEN_LOSS_WEIGHT
+  lm.train.batch_size = BATCH_SIZE
   lm.autoencoder_workdir = ae_workdir
   lm.data.seq_len = max(ROW_BYTES // ae.segment.chunk_len, 1)
   lm.model.max_len = lm.data.seq_len

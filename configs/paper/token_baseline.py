@@ -47,7 +47,6 @@ TOKENS = ('bytes', 'spm')
 MATCHES = ('flops', 'params')
 # Tokens a row, BPE or bytes: 256 bytes of text as bytes.
 ROW_TOKENS = 256
-CONCEPT_BATCH_SIZE = 16  # configs/shakespeare.py's stage 2
 
 
 def get_config(arg=None):
@@ -66,7 +65,7 @@ def get_config(arg=None):
   reference = study.concept_lm(ae, ae_workdir='')
   c.model.num_layers = budget.layers_for_params(
       c, budget.concept_lm_params(reference, ae))
-  c.train.batch_size = CONCEPT_BATCH_SIZE
+  c.train.batch_size = study.BATCH_SIZE  # the concept LMs'
   steps = reference.train.num_steps
   # set_budget with the FLOPs of `steps`: the same schedule fields.
   return budget.set_budget(c, steps * budget.flops.train_flops_per_step(c))
