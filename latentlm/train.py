@@ -217,6 +217,11 @@ def train(config, workdir_path: str) -> dict:
     for step in range(start_step + 1, num_steps + 1):
       state, metrics = trainer.train_step(state, next(train_data))
       train_metrics.append(metrics)
+      if len(train_metrics) >= 2:
+        # At most two steps in flight: enough to overlap the host's work with
+        # the device's, and a SIGTERM is answered within two steps, not after
+        # up to log_every queued ones.
+        jax.block_until_ready(train_metrics[-2])
       is_save_step = ckpt.should_save(step) or step == num_steps
       if step % config.train.log_every == 0 or is_save_step:
         logged = {f'train/{k}': float(np.mean(v)) for k, v in
