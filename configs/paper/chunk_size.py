@@ -20,7 +20,10 @@ K (11.6 in all); stage 2 with its evaluations 8.9 minutes at K=1 (4.1 for
 in all): 40 minutes for the study, over the 30-minute mark. Its K=4 run is
 configs/paper/heads.py's flow run, number for number; a researcher who has
 that one can leave K=4 out of both grids (and report the heads run beside
-the others) to save about 6 minutes.
+the others) to save about 6 minutes. Since commit 4c35f76 a concept LM's
+evaluation samples each position once, not twice: the two evaluations of
+each K took 3.6, 1.8, 1.2, 1.0 and 1.0 minutes (K=1..16; 8.4 in all, was
+11.4), so the study takes about 37 minutes; its training alone is 28.6.
 
 Args: K (4), stage (concept_lm | autoencoder), ae_root (the stage-1 sweep's
 root; the run of K is AE_ROOT/K-<K>).

@@ -23,7 +23,9 @@ Measured on 2 CPU cores (commit 115212f, idle): stage 1 1.5-2 minutes a
 variant, stage 2 about 3 minutes a variant plus 1.5 of evaluation, 33
 minutes in all, 3 over the 30-minute mark. Its "all" concept LM is the
 heads study's flow run (the same numbers to the last digit), so a
-researcher who has that run can skip it and stay under 30.
+researcher who has that run can skip it and stay under 30. Since commit
+4c35f76 a concept LM's evaluation samples each position once, not twice:
+1.3 minutes for the "all" run's two evaluations, so about 32 minutes.
 
 Args: robust (all), stage (concept_lm | autoencoder), ae_root.
 """
