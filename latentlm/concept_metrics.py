@@ -63,7 +63,7 @@ def concept_lm_metrics(run, batches, seed: int = 0) -> dict:
   totals, counts = {}, dict(num_concepts=0.0, num_bytes=0.0)
   rng = jax.random.key(seed)
   with run.trainer.context():
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(run.trainer.lockstep_batches(batches)):
       tokens = train.global_batch(batch, run.trainer.mesh)['tokens']
       sums, batch_counts = jax.device_get(sums_fn(
           run.state.params, run.state.frozen, tokens,

@@ -44,7 +44,7 @@ def reconstruction_metrics(run, batches, seed: int = 0) -> dict:
   totals = [dict() for _ in suffixes]
   rng = jax.random.key(seed)
   with run.trainer.context():
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(run.trainer.lockstep_batches(batches)):
       tokens = train.global_batch(batch, run.trainer.mesh)['tokens']
       batch_counts = jax.device_get(counts(run.state.params, tokens,
                                            jax.random.fold_in(rng, i)))

@@ -124,15 +124,19 @@ class Trainer:
       return self._run('train_step', self._train_step, state,
                        global_batch(batch, self.mesh), self.rng)
 
+  def lockstep_batches(self, iterator, max_batches: int = 10**9):
+    """Up to `max_batches` of `iterator`, as many on every process: one that
+    runs out early feeds all-PAD batches, which every metric weighs as 0."""
+    pad_id = self.task.tokenizer.pad_id
+    pad_like = lambda batch: jax.tree.map(
+        lambda x: np.full_like(x, pad_id), batch)
+    return distributed.lockstep(iter(iterator), max_batches, pad_like)
+
   def evaluate(self, state, iterator, max_batches: int) -> dict:
     """Metric means over up to `max_batches`, weighted by targets per batch."""
     totals, weight = {}, 0.0
-    pad_id = self.task.tokenizer.pad_id  # all-PAD rows weigh nothing
-    pad_like = lambda batch: jax.tree.map(
-        lambda x: np.full_like(x, pad_id), batch)
     with self.context():
-      for batch in distributed.lockstep(iter(iterator), max_batches,
-                                        pad_like):
+      for batch in self.lockstep_batches(iterator, max_batches):
         metrics = jax.device_get(self._run(
             'eval_step', self._eval_step, state,
             global_batch(batch, self.mesh), self.rng))

@@ -343,6 +343,63 @@ def test_eval_with_unequal_shares_pads_instead_of_hanging(data_dir,
       np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
 
 
+
+def _concept_run(mesh_devices=None):
+  """An untrained nano concept LM on a fresh autoencoder, as a Run."""
+  import test_concept_lm as clm  # pylint: disable=g-import-not-at-top
+  from latentlm import runs  # pylint: disable=g-import-not-at-top
+  from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
+  config = clm._config()  # pylint: disable=protected-access
+  config.train.batch_size = LOCAL_BATCH * PROCESSES
+  task = concept_lm.Task(config, clm._autoencoder_config())  # pylint: disable=protected-access
+  trainer = train.Trainer(config, task,
+                          sharding.make_mesh(config.mesh, mesh_devices))
+  return runs.Run(config=config, task=task, trainer=trainer,
+                  state=trainer.init_state(), step=0)
+
+
+def _concept_batches():
+  """Each process's batches of S + 1 chunks (EVAL_BATCHES of them)."""
+  import test_concept_lm as clm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  return [[{'tokens': clm._random_chunks(rng, (LOCAL_BATCH, clm.S + 1))}  # pylint: disable=protected-access
+           for _ in range(count)] for count in EVAL_BATCHES]
+
+
+def _concept_metrics_worker():
+  """One process of the unequal-shares concept LM evaluation."""
+  from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
+  run = _concept_run()
+  print(json.dumps(concept_metrics.concept_lm_metrics(
+      run, _concept_batches()[jax.process_index()])))
+
+
+@pytest.mark.slow
+def test_concept_lm_metrics_with_unequal_shares(cache_dir):
+  """evaluate's concept LM metrics (and, through the same lockstep, the
+  autoencoder's) pad a process that runs out instead of hanging, and equal
+  one process reading every batch."""
+  from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
+  run = _concept_run(jax.devices()[:PROCESSES * DEVICES_PER_PROCESS])
+  pad_id = run.task.pad_id
+  pad = lambda b: {'tokens': np.full_like(b['tokens'], pad_id)}
+  padded = [share + [pad(share[0])] * (max(EVAL_BATCHES) - len(share))
+            for share in _concept_batches()]
+  expected = concept_metrics.concept_lm_metrics(run, _global_batches(*padded))
+  real = sum((b['tokens'][:, 1:] != pad_id).any(-1).sum()
+             for share in padded for b in share)
+  assert expected['num_concepts'] == real
+  outputs = _run_processes([__file__, 'concept_metrics_worker'], cache_dir,
+                           timeout=300)
+  for stdout in outputs:
+    got = helpers.last_json_line(stdout)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+      np.testing.assert_allclose(got[name], value, rtol=1e-4, err_msg=name)
+
 if __name__ == '__main__':
   if sys.argv[1:2] == ['eval_worker']:
     _eval_worker(sys.argv[2])
+  elif sys.argv[1:2] == ['concept_metrics_worker']:
+    _concept_metrics_worker()
