@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import tempfile
 import threading
 import time
 
@@ -83,6 +84,18 @@ def test_few_files_are_cut_into_splits(tmp_path):
   assert pieces['train'][0] == b''.join(lines[:90])
   assert pieces['validation'][0] == b''.join(lines[90:95])
   assert pieces['test'][0] == b''.join(lines[95:])
+
+
+def test_building_leaves_no_temporary_directories(tmp_path, monkeypatch):
+  """TFDS makes one per builder of an unprepared dataset and never removes
+  it; a test run used to leave hundreds in /tmp."""
+  temp = tmp_path / 'tmp'
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+  (tmp_path / 'a.txt').write_text('a line of text\n' * 50)
+  assert corpus.split_texts(files_config(tmp_path), 'train')
+  assert not list(temp.iterdir())
+  assert tempfile.tempdir == str(temp)
 
 
 def test_many_files_are_split_by_file(tmp_path):

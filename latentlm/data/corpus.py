@@ -36,6 +36,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 
 import tensorflow_datasets as tfds
 
@@ -269,15 +270,34 @@ def _file_lock(path: str):
     yield
 
 
+@contextlib.contextmanager
+def _scratch_tempdir():
+  """TFDS makes an empty temporary directory for every builder of a dataset
+  not yet prepared (DatasetInfo.initialize_from_bucket) and never removes
+  it; these go into one scratch directory, removed on the way out."""
+  with tempfile.TemporaryDirectory(prefix='latentlm_tfds_') as scratch:
+    previous, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = previous
+
+
+def _new_builder(make_builder):
+  with _scratch_tempdir():
+    return make_builder()
+
+
 def _prepared(make_builder):
   """A builder whose data is prepared, building it at most once at a time."""
   with _quiet_tfds():
-    builder = make_builder()
+    builder = _new_builder(make_builder)
     if builder.is_prepared():
       return builder
     with _file_lock(os.path.join(str(builder.data_dir_root),
                                  f'.{builder.name}.lock')):
-      builder = make_builder()  # Another process may have built it meanwhile.
+      # Another process may have built it meanwhile.
+      builder = _new_builder(make_builder)
       if not builder.is_prepared():
         print(f'building {builder.name} in {builder.data_dir_root} (once)',
               file=sys.stderr, flush=True)
@@ -287,7 +307,7 @@ def _prepared(make_builder):
 
 def _catalog_builder(name: str, root: str):
   try:
-    builder = tfds.builder(name, data_dir=root)
+    builder = _new_builder(lambda: tfds.builder(name, data_dir=root))
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f'data.name={name!r} is not shakespeare, files, or a TFDS '
                     'catalog dataset') from None
