@@ -4,7 +4,8 @@
   python -m latentlm.bench generate --config=configs/shakespeare.py
 
 `generate` (bench_generate) times KV-cached sampling of the concept LM and of
-the token LM with the same backbone, and prints one JSON object.
+the token LM with the same backbone, on the same text, and the parts of one
+concept step (backbone, head, decoder); it prints one JSON object.
 
 Measures (a) the peak: a jitted float32 matmul on CPU, the chip table on TPU;
 (b) the real train step of the config on the default devices: median step
@@ -210,6 +211,43 @@ def _best_steps_per_s(*make_streams) -> list[float]:
   return best
 
 
+def _median_ms(fn, repeats: int) -> float:
+  """Median wall time of fn() in ms, after one untimed call (compile)."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def concept_step_parts_ms(task, params, frozen, rng, repeats=50) -> dict:
+  """Where a batch-1 generation step's time goes: the backbone on one chunk
+  (KV cache), the head's sample, the stage-1 decoder, each jitted alone.
+  Their sum is more than the fused step, which is one dispatch."""
+  cache = transformer.init_cache(task.model_config, 1,
+                                 task.model_config.max_len)
+  chunk_1x1xK = np.full((1, 1, task.chunk_len), task.pad_id, np.int32)
+
+  def backbone(params, frozen, chunk_1x1xK, cache):
+    inputs = task.model_inputs(frozen, chunk_1x1xK)
+    h_1x1xD, _ = task.model.apply({'params': params}, inputs, cache=cache)
+    return h_1x1xD[:, -1]
+
+  backbone = jax.jit(backbone)
+  head = jax.jit(lambda params, h_1xD, rng: task.model.apply(
+      {'params': params}, h_1xD, rng, 1.0, method='sample'))
+  decoder = jax.jit(task.decode)
+  h_1xD = backbone(params, frozen, chunk_1x1xK, cache)
+  z_1xZ = head(params, h_1xD, rng)
+  return dict(
+      backbone=_median_ms(
+          lambda: backbone(params, frozen, chunk_1x1xK, cache), repeats),
+      head=_median_ms(lambda: head(params, h_1xD, rng), repeats),
+      decoder=_median_ms(lambda: decoder(frozen, z_1xZ), repeats))
+
+
 def mean_bytes_per_unit(config, task) -> float:
   """Text bytes per unit (a token, a concept) over the eval split."""
   tokenizer = task.tokenizer
@@ -223,10 +261,13 @@ def mean_bytes_per_unit(config, task) -> float:
 
 
 def _token_baseline_config(concept_config, config_dir: str):
-  """configs/token_lm.py with the concept LM's backbone, at its own context."""
+  """configs/token_lm.py with the concept LM's backbone and corpus, at its
+  own context."""
   config = config_lib.load_config_file(
       [f'--config={os.path.join(config_dir, "token_lm.py")}'])
-  config.data.tokenizer = concept_config.data.tokenizer
+  # The same text, so that bytes per token and per concept are comparable.
+  config.data.update({k: v for k, v in concept_config.data.items()
+                      if k != 'seq_len'})
   config.model.update({k: v for k, v in concept_config.model.items()
                        if k != 'input'})
   config.model.max_len = config.data.seq_len
@@ -279,6 +320,7 @@ def bench_generate(config, config_dir: str) -> dict:
       bytes_per_token=bytes_per_token,
       concept_steps_per_s=concept_steps_per_s,
       token_steps_per_s=token_steps_per_s,
+      concept_step_parts_ms=concept_step_parts_ms(task, params, frozen, rng),
       concept_params=transformer.param_count(params),
       token_params=transformer.param_count(token_params),
       steps=GENERATE_STEPS,

@@ -143,3 +143,38 @@ def test_train_loop_peak_is_the_chip_table_on_tpu_else_a_matmul():
   v5p = types.SimpleNamespace(platform='tpu', device_kind='TPU v5')
   assert train.peak_flops_per_s([v5p] * 4) == 4 * flops.TPU_PEAK_FLOPS['v5p']
   assert 1e8 < train.peak_flops_per_s(jax.devices()) < 1e14  # CPU FLOP/s
+
+
+def test_bench_generate_reports_consistent_numbers(tmp_path, monkeypatch):
+  import os  # pylint: disable=g-import-not-at-top
+  from latentlm.data import corpus  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(bench, 'GENERATE_STEPS', 4)
+  monkeypatch.setattr(bench, 'GENERATE_REPEATS', 1)
+  lines = [f'line {i:03d}: to be, or not to be, that is it.\n'
+           for i in range(100)]
+  (tmp_path / 'a.txt').write_text(''.join(lines))
+  config = helpers.load_config('shakespeare', 'size=nano,Dz=8')
+  for stage in config.stages.values():
+    stage.data.update(name='files', files=f'{tmp_path}/*.txt',
+                      data_dir=str(tmp_path / 'tfds'))
+  config.stages.autoencoder.model.update(d_model=32, mlp_dim=64,
+                                         num_layers=1, num_heads=2)
+  result = bench.bench_generate(config, os.path.join(helpers.REPO, 'configs'))
+
+  # Bytes per unit over the eval split, counted here: K=4 fixed chunks of
+  # the bytes and the end-of-text token, which has no bytes.
+  data = config.stages.concept_lm.data
+  num_bytes = sum(len(t) for t in corpus.split_texts(data, data.eval_split))
+  assert result['bytes_per_token'] == pytest.approx(num_bytes /
+                                                    (num_bytes + 1))
+  assert result['bytes_per_concept'] == pytest.approx(
+      num_bytes / -(-(num_bytes + 1) // 4))
+  assert result['concept_bytes_per_s'] == pytest.approx(
+      result['concept_steps_per_s'] * result['bytes_per_concept'])
+  assert result['ratio'] == pytest.approx(
+      result['concept_bytes_per_s'] / result['token_bytes_per_s'])
+  assert result['target_ratio'] == pytest.approx(
+      0.8 * result['bytes_per_concept'] / result['bytes_per_token'])
+  parts = result['concept_step_parts_ms']
+  assert sorted(parts) == ['backbone', 'decoder', 'head']
+  assert all(ms > 0 for ms in parts.values())
