@@ -121,6 +121,22 @@ class ConceptSampler:
     return self._forward(self.params, self.frozen, jnp.asarray(chunks_BxLxK),
                          cache)[1]
 
+  def next_chunks(self, context_LxK: np.ndarray, num_rows: int, rng,
+                  temperature: float):
+    """(z_RxZ, chunks_RxK): num_rows draws of the chunk after one context,
+    the first step of `stream` on num_rows copies of it, with the context
+    prefilled once and its cache shared rather than recomputed per row."""
+    history_LxK = np.asarray(context_LxK)[-(self.window // 2):]
+    cache = self._prefill(history_LxK[None, :-1])
+    cache = cache.replace(k=jnp.repeat(cache.k, num_rows, axis=1),
+                          v=jnp.repeat(cache.v, num_rows, axis=1))
+    pending_Rx1xK = np.broadcast_to(history_LxK[-1],
+                                    (num_rows, 1, history_LxK.shape[-1]))
+    z_RxZ, chunks_RxK, _ = self._step(
+        self.params, self.frozen, jnp.asarray(pending_Rx1xK), cache, rng, 0,
+        temperature)
+    return np.asarray(z_RxZ), np.asarray(chunks_RxK)
+
   def stream(self, context_BxLxK: np.ndarray, rng, max_new: int,
              temperature: float):
     """Yields (z_BxZ, chunks_BxK) of each next concept, max_new times.
@@ -178,9 +194,8 @@ def complete_partial(sampler, context_LxK, partial_K, num_rows, rng,
   task = sampler.task
   partial = chunk_tokens(partial_K, task.pad_id, task.tokenizer.eos_id)[0]
   rows = num_rows * num_candidates
-  _, candidates_RxK = next(sampler.stream(
-      np.broadcast_to(context_LxK, (rows, *context_LxK.shape)), rng, 1,
-      temperature))
+  _, candidates_RxK = sampler.next_chunks(context_LxK, rows, rng,
+                                         temperature)
   chosen, new_ids = [], []
   for row in range(num_rows):
     group = candidates_RxK[row * num_candidates:(row + 1) * num_candidates]

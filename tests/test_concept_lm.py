@@ -250,6 +250,20 @@ def test_kv_cached_generation_equals_full_recompute(input_kind):
   assert not np.allclose(steps[0][0], steps[1][0])  # it moves on
 
 
+def test_next_chunks_of_one_shared_context_equal_a_stream_of_copies():
+  task, params, frozen = _model('tokens')
+  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  context_LxK = _random_chunks(np.random.default_rng(5), (3,))
+  rng = jax.random.key(6)
+  z_RxZ, chunks_RxK = sampler.next_chunks(context_LxK, 4, rng, 1.0)
+  expected_z, expected_chunks = next(sampler.stream(
+      np.broadcast_to(context_LxK, (4, *context_LxK.shape)), rng, 1, 1.0))
+  chex.assert_shape(z_RxZ, expected_z.shape)
+  np.testing.assert_allclose(z_RxZ, expected_z, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(chunks_RxK, expected_chunks)
+  assert not np.allclose(z_RxZ[0], z_RxZ[1])  # rows draw apart
+
+
 class _CandidateSampler:
   """Stands in for ConceptSampler: fixed candidates, 2 per row."""
 
@@ -259,10 +273,10 @@ class _CandidateSampler:
                                           eos_id=EOS))
     self.candidates_RxK = np.asarray(candidates_RxK)
 
-  def stream(self, context_BxLxK, rng, max_new, temperature):
-    del rng, max_new, temperature
-    assert len(context_BxLxK) == len(self.candidates_RxK)
-    yield None, self.candidates_RxK
+  def next_chunks(self, context_LxK, num_rows, rng, temperature):
+    del context_LxK, rng, temperature
+    assert num_rows == len(self.candidates_RxK)
+    return None, self.candidates_RxK
 
 
 def test_partial_chunk_is_completed_by_a_matching_candidate():
