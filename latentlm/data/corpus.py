@@ -37,6 +37,7 @@ import pathlib
 import re
 import sys
 import tempfile
+import threading
 
 import tensorflow_datasets as tfds
 
@@ -270,12 +271,17 @@ def _file_lock(path: str):
     yield
 
 
+_TEMPDIR_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _scratch_tempdir():
   """TFDS makes an empty temporary directory for every builder of a dataset
   not yet prepared (DatasetInfo.initialize_from_bucket) and never removes
-  it; these go into one scratch directory, removed on the way out."""
-  with tempfile.TemporaryDirectory(prefix='latentlm_tfds_') as scratch:
+  it; these go into one scratch directory, removed on the way out. The lock:
+  tempfile.tempdir is global, and threads may load data at once."""
+  with _TEMPDIR_LOCK, tempfile.TemporaryDirectory(
+      prefix='latentlm_tfds_') as scratch:
     previous, tempfile.tempdir = tempfile.tempdir, scratch
     try:
       yield
