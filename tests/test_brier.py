@@ -172,18 +172,12 @@ def _gmm_run(**overrides):
   stds = min_std + softplus(0). That gives gmm_nll a closed form.
   """
   import test_concept_lm as clm  # pylint: disable=g-import-not-at-top
-  from latentlm import runs, sharding  # pylint: disable=g-import-not-at-top
-  from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
   config = clm._config()  # pylint: disable=protected-access
   config.head = helpers.load_config('concept_lm', 'size=nano,head=gmm').head
   config.head.update(hidden_dim=32, num_layers=1, num_components=3)
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
   config.update(overrides)
-  task = concept_lm.Task(config, clm._autoencoder_config())  # pylint: disable=protected-access
-  trainer = train.Trainer(config, task, sharding.make_mesh(
-      config.mesh, jax.devices()[:1]))
-  return runs.Run(config=config, task=task, trainer=trainer,
-                  state=trainer.init_state(), step=0)
+  return clm.untrained_run(config, jax.devices()[:1])
 
 
 @pytest.fixture(scope='module')

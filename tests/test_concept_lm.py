@@ -86,6 +86,17 @@ def _model(input_kind):
   return task, params, frozen
 
 
+def untrained_run(config, devices=None):
+  """A Run of `config`'s concept LM, initialised, on a fresh autoencoder
+  (no stage-1 workdir), on `devices` (default: all)."""
+  from latentlm import runs  # pylint: disable=g-import-not-at-top
+  task = concept_lm.Task(config, _autoencoder_config())
+  trainer = train.Trainer(config, task,
+                          sharding.make_mesh(config.mesh, devices))
+  return runs.Run(config=config, task=task, trainer=trainer,
+                  state=trainer.init_state(), step=0)
+
+
 # ------------------------------------------- train step, stage-1 workdir
 
 

@@ -309,6 +309,14 @@ def _eval_batches(data_dir):
   return config, batches
 
 
+def _padded_shares(shares, pad_id):
+  """Each process's batches, all-pad ones added up to the longest share:
+  what lockstep evaluation feeds."""
+  pad = lambda b: {'tokens': np.full_like(b['tokens'], pad_id)}
+  return [share + [pad(share[0])] * (max(EVAL_BATCHES) - len(share))
+          for share in shares]
+
+
 def _eval_worker(data_dir):
   """One process of the unequal-shares run: prints the eval metrics."""
   distributed.initialize()
@@ -325,9 +333,7 @@ def test_eval_with_unequal_shares_pads_instead_of_hanging(data_dir,
                                                            cache_dir):
   config, batches = _eval_batches(data_dir)
   pad_id = tasks.get_task(config).tokenizer.pad_id
-  pad = lambda b: {'tokens': np.full_like(b['tokens'], pad_id)}
-  padded = [share + [pad(share[0])] * (max(EVAL_BATCHES) - len(share))
-            for share in batches]
+  padded = _padded_shares(batches, pad_id)
   trainer = train.Trainer(config, tasks.get_task(config), sharding.make_mesh(
       config.mesh, jax.devices()[:PROCESSES * DEVICES_PER_PROCESS]))
   expected = trainer.evaluate(trainer.init_state(),
@@ -344,18 +350,12 @@ def test_eval_with_unequal_shares_pads_instead_of_hanging(data_dir,
 
 
 
-def _concept_run(mesh_devices=None):
+def _concept_run(devices=None):
   """An untrained nano concept LM on a fresh autoencoder, as a Run."""
   import test_concept_lm as clm  # pylint: disable=g-import-not-at-top
-  from latentlm import runs  # pylint: disable=g-import-not-at-top
-  from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
   config = clm._config()  # pylint: disable=protected-access
   config.train.batch_size = LOCAL_BATCH * PROCESSES
-  task = concept_lm.Task(config, clm._autoencoder_config())  # pylint: disable=protected-access
-  trainer = train.Trainer(config, task,
-                          sharding.make_mesh(config.mesh, mesh_devices))
-  return runs.Run(config=config, task=task, trainer=trainer,
-                  state=trainer.init_state(), step=0)
+  return clm.untrained_run(config, devices)
 
 
 def _concept_batches():
@@ -383,9 +383,7 @@ def test_concept_lm_metrics_with_unequal_shares(cache_dir):
   from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
   run = _concept_run(jax.devices()[:PROCESSES * DEVICES_PER_PROCESS])
   pad_id = run.task.pad_id
-  pad = lambda b: {'tokens': np.full_like(b['tokens'], pad_id)}
-  padded = [share + [pad(share[0])] * (max(EVAL_BATCHES) - len(share))
-            for share in _concept_batches()]
+  padded = _padded_shares(_concept_batches(), pad_id)
   expected = concept_metrics.concept_lm_metrics(run, _global_batches(*padded))
   real = sum((b['tokens'][:, 1:] != pad_id).any(-1).sum()
              for share in padded for b in share)

@@ -274,24 +274,19 @@ def _file_lock(path: str):
 _TEMPDIR_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def _scratch_tempdir():
-  """TFDS makes an empty temporary directory for every builder of a dataset
-  not yet prepared (DatasetInfo.initialize_from_bucket) and never removes
-  it; these go into one scratch directory, removed on the way out. The lock:
-  tempfile.tempdir is global, and threads may load data at once."""
+def _new_builder(make_builder):
+  """make_builder(), whose temporary files land in a scratch directory that
+  is then removed: TFDS makes an empty temporary directory for every builder
+  of a dataset not yet prepared (DatasetInfo.initialize_from_bucket) and
+  never removes it. The lock: tempfile.tempdir is global, and threads may
+  load data at once."""
   with _TEMPDIR_LOCK, tempfile.TemporaryDirectory(
       prefix='latentlm_tfds_') as scratch:
     previous, tempfile.tempdir = tempfile.tempdir, scratch
     try:
-      yield
+      return make_builder()
     finally:
       tempfile.tempdir = previous
-
-
-def _new_builder(make_builder):
-  with _scratch_tempdir():
-    return make_builder()
 
 
 def _prepared(make_builder):
