@@ -4,7 +4,8 @@ Scores the held-out split of the run's corpus (or a text file) with the
 metrics of its task; the last stdout line is one JSON object of flat names,
 also appended to DIR/evaluations.jsonl for latentlm.report.
 --metric=brier scores a token or concept LM with BrierLM (latentlm/brier.py);
---step=N evaluates an earlier kept checkpoint.
+--metric=default --metric=brier does both from one loaded run, one line and
+one record each; --step=N evaluates an earlier kept checkpoint.
 """
 
 import dataclasses
@@ -108,8 +109,9 @@ def define_flags():
   flags.DEFINE_string('split', None, "Split of the run's corpus (default: the "
                       "config's eval split).")
   flags.DEFINE_integer('batch_size', 16, 'Rows per evaluation batch.')
-  flags.DEFINE_enum('metric', 'default', ['default', 'brier'], "default: the "
-                    "task's metrics; brier: BrierLM (token and concept LMs).")
+  flags.DEFINE_multi_enum('metric', ['default'], ['default', 'brier'],
+                          "default: the task's metrics; brier: BrierLM "
+                          '(token and concept LMs). Repeatable.')
   flags.DEFINE_integer('step', None, 'Evaluate this kept checkpoint '
                        '(default: the latest).')
   flags.DEFINE_integer('num_positions', 256, 'BrierLM positions (more: a '
@@ -131,18 +133,19 @@ def main(argv):
   run = runs.load(f.workdir, devices=jax.devices())
   if f.step is not None:
     run = at_step(run, f.workdir, f.step)
-  if f.metric == 'brier':
-    metrics = evaluate_brier(run, f.split, f.text, seed=f.seed,
-                             block_bytes=f.block_bytes,
-                             num_positions=f.num_positions,
-                             max_new_bytes=f.max_new_bytes,
-                             unit=f.ngram_unit)
-  else:
-    metrics = evaluate(run, f.split, f.text, f.batch_size)
-  record(f.workdir, dict(metrics, metric=f.metric))
-  for name, value in metrics.items():
-    print(f'{name:>24s}  {value}')
-  print(json.dumps(metrics))
+  for metric in dict.fromkeys(f.metric):  # once each, in the given order
+    if metric == 'brier':
+      metrics = evaluate_brier(run, f.split, f.text, seed=f.seed,
+                               block_bytes=f.block_bytes,
+                               num_positions=f.num_positions,
+                               max_new_bytes=f.max_new_bytes,
+                               unit=f.ngram_unit)
+    else:
+      metrics = evaluate(run, f.split, f.text, f.batch_size)
+    record(f.workdir, dict(metrics, metric=metric))
+    for name, value in metrics.items():
+      print(f'{name:>24s}  {value}')
+    print(json.dumps(metrics))
 
 
 if __name__ == '__main__':

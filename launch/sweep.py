@@ -12,9 +12,12 @@ ROOT/<values of the axes that have several>, then is evaluated (its task's
 metrics, and BrierLM with --evaluate=brier; --eval_flag passes flags to
 evaluate), so `python -m latentlm.report ROOT/*` tabulates them.
 Runs go one at a time: in parallel they would share the CPU and distort the
-timings. A run whose workdir already holds an evaluation is skipped, so a
-rerun finishes an interrupted sweep. --print prints one shell line per run
-instead (train, then evaluate), for a fleet of machines.
+timings. They share a persistent XLA compilation cache, ROOT/.jax_cache
+(unless JAX_COMPILATION_CACHE_DIR is set): runs of one shape, and a run's
+evaluation after its training, compile each program once. A run whose
+workdir already holds its evaluations is skipped, so a rerun finishes an
+interrupted sweep. --print prints one shell line per run instead (train,
+then evaluate), for a fleet of machines.
 """
 
 import argparse
@@ -61,12 +64,14 @@ def runs(config: str, axes: list[tuple[str, list[str]]]):
 
 def commands(workdir: str, config_flag: str, overrides: list[str],
              metrics: list[str], eval_flags=(), python: str = 'python'):
-  """The train command, then one evaluate command per metric."""
+  """The train command, then one evaluate command for all the metrics
+  (one process loads the run and compiles its model once)."""
   python = [python, '-m']
   train = python + ['latentlm.train', config_flag, *overrides,
                     f'--workdir={workdir}']
-  return [train] + [python + ['latentlm.evaluate', f'--workdir={workdir}',
-                              f'--metric={m}', *eval_flags] for m in metrics]
+  evaluate = python + ['latentlm.evaluate', f'--workdir={workdir}',
+                       *[f'--metric={m}' for m in metrics], *eval_flags]
+  return [train, evaluate]
 
 
 def evaluated(workdir: str) -> set[str]:
@@ -103,6 +108,9 @@ def main(argv=None):
       not os.path.exists(a.config.partition(':')[0])):
     parser.exit(2, f'error: no config file {a.config.partition(":")[0]!r}\n')
   metrics = ['default'] + [m for m in a.evaluate or [] if m != 'default']
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR',
+                 os.path.join(os.path.abspath(a.root), '.jax_cache'))
   failed = []
   for name, config_flag, overrides in runs(a.config, axes):
     workdir = os.path.join(a.root, name)
@@ -110,14 +118,15 @@ def main(argv=None):
       steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag)
       print(' && '.join(shlex.join(c) for c in steps))
       continue
-    if set(metrics) <= evaluated(workdir):
+    missing = [m for m in metrics if m not in evaluated(workdir)]
+    if not missing:
       print(f'{name}: evaluated already, skipped', flush=True)
       continue
-    steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag,
+    steps = commands(workdir, config_flag, overrides, missing, a.eval_flag,
                      python=sys.executable)
     print(f'{name}: {shlex.join(steps[0][2:])}', flush=True)
     for command in steps:
-      if subprocess.run(command, cwd=REPO).returncode:
+      if subprocess.run(command, cwd=REPO, env=env).returncode:
         failed.append(name)
         break
   if failed:

@@ -137,9 +137,9 @@ def test_brier_end_to_end_on_a_token_lm(token_lm_workdir, tmp_path):
   text.write_text('Now is the winter of our discontent made glorious summer '
                   'by this sun of York. ' * 4)
   result = helpers.run_module(
-      'evaluate', f'--workdir={token_lm_workdir}', '--metric=brier',
-      f'--text={text}', '--num_positions=6', '--block_bytes=12',
-      '--max_new_bytes=24')
+      'evaluate', f'--workdir={token_lm_workdir}', '--metric=default',
+      '--metric=brier', f'--text={text}', '--num_positions=6',
+      '--block_bytes=12', '--max_new_bytes=24')
   assert result.returncode == 0, result.stderr
   metrics = helpers.last_json_line(result.stdout)
   assert metrics['num_positions'] == 6
@@ -148,7 +148,11 @@ def test_brier_end_to_end_on_a_token_lm(token_lm_workdir, tmp_path):
   assert -1 <= metrics['brier_1'] <= 1
   assert metrics['ci_low'] <= metrics['brier_lm'] <= metrics['ci_high']
   with open(os.path.join(token_lm_workdir, 'evaluations.jsonl')) as f:
-    assert json.loads(f.readlines()[-1])['metric'] == 'brier'
+    default, last = [json.loads(line) for line in f.readlines()[-2:]]
+  # Both metrics from one process, each its own record.
+  assert last['metric'] == 'brier' and last['num_positions'] == 6
+  assert default['metric'] == 'default' and default['data'] == str(text)
+  assert np.isfinite(default['bits_per_byte'])
 
 
 def test_a_block_longer_than_the_sampler_window_is_one_line(token_lm_workdir):

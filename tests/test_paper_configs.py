@@ -63,6 +63,12 @@ def test_steps_for_budget():
   assert config.train.num_steps == 90
   assert config.train.eval_every == config.train.checkpoint_every == 30
   assert config.optimizer.warmup_steps == 9
+  # 73 steps: evaluations at 25, 50 and the final 73 (train.py evaluates at
+  # the last step anyway), not at 24, 48, 72 and then again at 73.
+  config = budget.set_budget(config, 73 * per_step)
+  evaluated = [s for s in range(1, 74)
+               if s % config.train.eval_every == 0 or s == 73]
+  assert evaluated == [25, 50, 73]
 
 
 @pytest.mark.parametrize('name, arg, value', [

@@ -40,33 +40,43 @@ def test_print_gives_one_command_line_per_run(capsys, tmp_path):
       f'--config.train.num_steps=10 --workdir={tmp_path}/size-tiny_train.'
       'num_steps-10 && python -m latentlm.evaluate --workdir='
       f'{tmp_path}/size-tiny_train.num_steps-10 --metric=default '
-      '--block_bytes=64 && python '
-      f'-m latentlm.evaluate --workdir={tmp_path}/size-tiny_train.num_steps-10'
-      ' --metric=brier --block_bytes=64')
+      '--metric=brier --block_bytes=64')
   assert not os.listdir(tmp_path)  # nothing ran
 
 
 def test_runs_go_one_after_another_and_finished_ones_are_skipped(
     monkeypatch, tmp_path, capsys):
   ran = []
-  def fake_run(command, cwd):
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  def fake_run(command, cwd, env):
     ran.append(command[2:])
+    assert env['JAX_COMPILATION_CACHE_DIR'] == f'{tmp_path}/.jax_cache'
     return subprocess.CompletedProcess(command, 0)
   monkeypatch.setattr(sweep.subprocess, 'run', fake_run)
   done = tmp_path / 'size-nano_train.num_steps-5'
   done.mkdir()
-  (done / 'evaluations.jsonl').write_text(json.dumps({'metric': 'default'}))
-  sweep.main(['--config', CONFIG, *GRID, f'--root={tmp_path}'])
+  (done / 'evaluations.jsonl').write_text(
+      json.dumps({'metric': 'default'}) + '\n' +
+      json.dumps({'metric': 'brier'}) + '\n')
+  half_done = tmp_path / 'size-tiny_train.num_steps-5'
+  half_done.mkdir()
+  (half_done / 'evaluations.jsonl').write_text(json.dumps({'metric': 'brier'}))
+  sweep.main(['--config', CONFIG, *GRID, f'--root={tmp_path}',
+              '--evaluate=brier'])
   workdirs = [c[-1] for c in ran if c[0] == 'latentlm.train']
   assert workdirs == [f'--workdir={tmp_path}/{n}' for n in (
       'size-nano_train.num_steps-10', 'size-tiny_train.num_steps-5',
       'size-tiny_train.num_steps-10')]
+  # One evaluate per run, for the metrics its workdir has not recorded.
   assert [c[0] for c in ran] == ['latentlm.train', 'latentlm.evaluate'] * 3
+  assert [[a for a in c if a.startswith('--metric')] for c in ran[1::2]] == [
+      ['--metric=default', '--metric=brier'], ['--metric=default'],
+      ['--metric=default', '--metric=brier']]
   assert 'evaluated already, skipped' in capsys.readouterr().out
 
 
 def test_a_failed_run_is_reported_in_one_line(monkeypatch, tmp_path, capsys):
-  monkeypatch.setattr(sweep.subprocess, 'run', lambda command, cwd:
+  monkeypatch.setattr(sweep.subprocess, 'run', lambda command, cwd, env:
                       subprocess.CompletedProcess(command, 1))
   with pytest.raises(SystemExit) as exit_info:
     sweep.main(['--config', CONFIG, '--grid=train.num_steps=5',

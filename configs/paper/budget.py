@@ -36,7 +36,9 @@ def set_budget(config, budget_flops: float, autoencoder=None,
   `num_evals` times along the way so the report can plot against FLOPs."""
   steps = steps_for_budget(config, budget_flops, autoencoder)
   config.train.num_steps = steps
-  config.train.eval_every = max(1, steps // num_evals)
+  # Rounded up, so the last evaluation is the final step's (train.py always
+  # evaluates and saves there) and not one more a few steps before it.
+  config.train.eval_every = max(1, -(-steps // num_evals))
   config.train.checkpoint_every = config.train.eval_every
   config.train.log_every = max(1, min(config.train.log_every, steps // 10))
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps,
