@@ -193,6 +193,10 @@ def complete_partial(sampler, context_LxK, partial_K, num_rows, rng,
   """
   task = sampler.task
   partial = chunk_tokens(partial_K, task.pad_id, task.tokenizer.eos_id)[0]
+  if len(partial) == len(partial_K):
+    # A full chunk has no room: the only candidate that could match is the
+    # chunk itself, so every row reads it as it is. Skip the draws.
+    return np.stack([partial_K] * num_rows), [[] for _ in range(num_rows)]
   rows = num_rows * num_candidates
   _, candidates_RxK = sampler.next_chunks(context_LxK, rows, rng,
                                          temperature)

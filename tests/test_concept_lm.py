@@ -304,6 +304,17 @@ def test_partial_chunk_is_completed_by_a_matching_candidate():
   assert new_ids == [[ord('t')], []]
 
 
+def test_a_full_last_chunk_is_read_as_it_is_without_drawing():
+  full_K = np.array([ord(c) for c in 'what'])
+  sampler = _CandidateSampler([full_K] * 4)  # would match, were it asked
+  sampler.next_chunks = None  # it must not be: a full chunk cannot grow
+  chosen, new_ids = concept_generate.complete_partial(
+      sampler, np.zeros((1, K), np.int32), full_K, 2, None, 1.0,
+      num_candidates=2)
+  np.testing.assert_array_equal(chosen, [full_K, full_K])
+  assert new_ids == [[], []]
+
+
 def test_prompt_chunks_start_a_document_and_keep_the_last_chunk_apart():
   task, _, _ = _model('tokens')
   context, partial = concept_generate.prompt_chunks(task, 'To be, or')
