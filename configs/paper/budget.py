@@ -11,11 +11,12 @@ tokenizer (latentlm/flops.py); stage 1's own training is reported beside it.
 from latentlm import config_lib
 from latentlm import flops
 
-# The CPU-scale stage-2 budget every equal-FLOPs study shares: 300 steps of
+# The CPU-scale stage-2 budget every equal-FLOPs study shares: 180 steps of
 # the flow-head tiny concept LM of configs/shakespeare.py (16 rows x 64
-# concepts, 1.67e10 FLOPs a step), 100 of the tiny byte-token LM (5.0e10).
-# Small, so that a study of five runs fits in 30 minutes on 2 CPU cores.
-CPU_BUDGET_FLOPS = 5e12
+# concepts, 1.67e10 FLOPs a step), 60 of the tiny byte-token LM (5.0e10).
+# Small, so that every study fits in 30 minutes on 2 CPU cores: at 5e12 the
+# chunk-size study took about 37 and the token baseline 45 (README).
+CPU_BUDGET_FLOPS = 3e12
 
 
 def config_file(path: str, arg: str = ''):
