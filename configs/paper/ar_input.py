@@ -14,9 +14,9 @@ stage-1 autoencoder, the same stage-2 FLOPs for both. Run the whole study:
   python -m latentlm.report --split=test /tmp/paper/ar_input/lm/* \\
       --out=/tmp/paper/ar_input/report
 
-Measured on 2 CPU cores (commit 91699ca, beside other work on the host):
-stage 1 3 minutes with its evaluation, stage 2 5-7 minutes per input plus
-3 of evaluation, 21 minutes in all.
+Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1 1.9
+minutes with its evaluation, stage 2 2.7 minutes per input with its
+evaluations: 7.5 minutes for the study.
 
 Args: input (tokens), stage (concept_lm | autoencoder), ae_root.
 """

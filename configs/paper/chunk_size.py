@@ -14,16 +14,12 @@ flow head, previous-chunk token input; stage 1 per K. Run the whole study
   python -m latentlm.report --split=test /tmp/paper/chunk_size/lm/* \\
       --out=/tmp/paper/chunk_size/report
 
-Measured on 2 CPU cores (commit 951e994, idle): stage 1 1.8-3.5 minutes a
-K (11.6 in all); stage 2 with its evaluations 8.9 minutes at K=1 (4.1 for
-73 steps of 256-concept rows, 4.8 to evaluate) and 4.4-5.9 at K=2-16 (28.4
-in all): 40 minutes for the study, over the 30-minute mark. Its K=4 run is
-configs/paper/heads.py's flow run, number for number; a researcher who has
-that one can leave K=4 out of both grids (and report the heads run beside
-the others) to save about 6 minutes. Since commit 4c35f76 a concept LM's
-evaluation samples each position once, not twice: the two evaluations of
-each K took 3.6, 1.8, 1.2, 1.0 and 1.0 minutes (K=1..16; 8.4 in all, was
-11.4), so the study takes about 37 minutes; its training alone is 28.6.
+Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1
+1.7-2.3 minutes a K (9.3 in all), stage 2 with its evaluations 4.0
+minutes at K=1 (44 steps of 256-concept rows; 1.6 of it evaluation) and
+2.3-3.1 at K=2-16 (14.4 in all): 24.4 minutes for the study. At the old
+5e12 budget it took about 37. Its K=4 run is configs/paper/heads.py's flow
+run, number for number.
 
 Args: K (4), stage (concept_lm | autoencoder), ae_root (the stage-1 sweep's
 root; the run of K is AE_ROOT/K-<K>).

@@ -14,14 +14,10 @@ take fewer steps. Run the whole study:
       --eval_flag=--split=test
   python -m latentlm.report --split=test /tmp/paper/heads/lm/* --out=/tmp/paper/heads/report
 
-Expected cost on 2 CPU cores (an estimate from the documented times of
-configs/autoencoder.py and configs/shakespeare.py, scaled by FLOPs): stage 1
-about 2 minutes once, stage 2 about 3 minutes a head with compile and
-evaluation, so about 17 minutes on an idle machine. Measured with
-`python -m latentlm.bench train --config=configs/paper/heads.py:ae_root=AE,
-head=H --steps=5` on a shared, loaded host: flow 0.47 s a step (299 steps,
-load 3.3), energy 1.24 s a step (214 steps, load about 5): 2.4 and 4.4
-minutes of stage-2 steps, plus about 25 s of compile and the evaluations.
+Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1 2.0
+minutes once, stage 2 2.2-3.2 minutes a head with its evaluations (mse 275
+steps, energy 128, flow 180, diffusion 180, gmm 257): 15.3 minutes for the
+study.
 
 Args: head (flow), stage (concept_lm | autoencoder), ae_root.
 """

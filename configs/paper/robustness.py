@@ -19,13 +19,11 @@ evaluated with BrierLM. Run the whole study:
   python -m latentlm.report --split=test /tmp/paper/robustness/ae/* /tmp/paper/robustness/lm/* \\
       --out=/tmp/paper/robustness/report
 
-Measured on 2 CPU cores (commit 115212f, idle): stage 1 1.5-2 minutes a
-variant, stage 2 about 3 minutes a variant plus 1.5 of evaluation, 33
-minutes in all, 3 over the 30-minute mark. Its "all" concept LM is the
-heads study's flow run (the same numbers to the last digit), so a
-researcher who has that run can skip it and stay under 30. Since commit
-4c35f76 a concept LM's evaluation samples each position once, not twice:
-1.3 minutes for the "all" run's two evaluations, so about 32 minutes.
+Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1
+1.7-2.0 minutes a variant (8.9 in all), stage 2 2.3-2.7 minutes a variant
+with its evaluations (12.0 in all): 21.7 minutes for the study (about 32 at
+the old 5e12 budget). Its "all" concept LM is the heads study's flow run
+and the chunk-size study's K=4 run, the same numbers to the last digit.
 
 Args: robust (all), stage (concept_lm | autoencoder), ae_root.
 """

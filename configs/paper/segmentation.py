@@ -23,9 +23,9 @@ BrierLM uses 64-byte contexts here, not the default 128: the sampler reads
 at most half its 16-concept window, 8 chunks, and 128 bytes of word or
 sentence chunks (shorter than K when padded) are 11-12 of them.
 
-Measured on 2 CPU cores (commit c6214aa, mostly idle): stage 1 2-2.6
-minutes a segmentation, stage 2 3-5.3 minutes (1126 steps), with
-evaluation 23 minutes in all.
+Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1
+1.5-1.6 minutes a segmentation, stage 2 2.6-3.0 minutes (675 steps) with
+its evaluations: 13.4 minutes for the study.
 
 Args: segment (fixed), K (16), stage (concept_lm | autoencoder), ae_root.
 """

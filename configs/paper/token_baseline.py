@@ -29,11 +29,12 @@ then report it with the concept LMs:
   python -m latentlm.report --split=test /tmp/paper/token_baseline/*/* \\
       /tmp/paper/heads/lm/* --out=/tmp/paper/token_baseline/report
 
-Measured on 2 CPU cores, with evaluation: match=flops 6-11 minutes a run
-(commit 7bc4bf3, a loaded host), match=params 13-15 minutes a run (commit
-c6214aa, mostly idle; 2.2-3.3 s a step). The four runs take about 45
-minutes, hence the two sweeps above, of under 30 minutes each. Training
-the BPE vocabulary takes seconds, once.
+Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12), with
+evaluation: match=flops 3.1 and 4.0 minutes (bytes and BPE: 60 and 55
+steps of about 2.1 s), match=params 8.3 and 8.5 (180 steps of 2.2-2.3 s):
+24.2 minutes for the four runs (the two sweeps above: 7.3 and 17.0). At
+the old 5e12 budget they took about 45. Training the BPE vocabulary takes
+seconds, once.
 
 Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
 """
