@@ -118,7 +118,8 @@ def main(argv=None):
       steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag)
       print(' && '.join(shlex.join(c) for c in steps))
       continue
-    missing = [m for m in metrics if m not in evaluated(workdir)]
+    recorded = evaluated(workdir)
+    missing = [m for m in metrics if m not in recorded]
     if not missing:
       print(f'{name}: evaluated already, skipped', flush=True)
       continue
