@@ -146,14 +146,17 @@ class ConceptSampler:
     """
     history_BxLxK = np.asarray(context_BxLxK)[:, -(self.window // 2):]
     cache = self._prefill(history_BxLxK[:, :-1])
+    cached = history_BxLxK.shape[1] - 1  # counted here: no device sync a step
     pending_Bx1xK = history_BxLxK[:, -1:]
     for i in range(max_new):
-      if int(cache.index) >= self.window:
+      if cached >= self.window:
         recent_BxLxK = history_BxLxK[:, -(self.window // 2):]
         cache = self._prefill(recent_BxLxK[:, :-1])
+        cached = recent_BxLxK.shape[1] - 1
       z_BxZ, chunks_BxK, cache = self._step(
           self.params, self.frozen, jnp.asarray(pending_Bx1xK), cache, rng, i,
           temperature)
+      cached += 1
       z_BxZ, chunks_BxK = np.asarray(z_BxZ), np.asarray(chunks_BxK)
       yield z_BxZ, chunks_BxK
       pending_Bx1xK = chunks_BxK[:, None]

@@ -61,11 +61,19 @@ class TokenSampler:
       return logits_BxLxV[:, -1], cache
 
     self._forward = jax.jit(forward)
-    # fold_in(rng, i) inside: one dispatch, not two.
-    self._sample = jax.jit(
-        lambda logits_BxV, rng, i, temperature, top_p: sample_logits(
-            logits_BxV, jax.random.fold_in(rng, i), temperature, top_p),
-        static_argnums=(3, 4))
+
+    def sample(logits_BxV, rng, i, temperature, top_p):
+      return sample_logits(logits_BxV, jax.random.fold_in(rng, i),
+                           temperature, top_p)
+
+    def step(params, logits_BxV, cache, rng, i, temperature, top_p):
+      """Samples the next tokens and feeds them back: one dispatch a step,
+      as a concept LM's step is."""
+      tokens_B = sample(logits_BxV, rng, i, temperature, top_p)
+      return (tokens_B, *forward(params, tokens_B[:, None], cache))
+
+    self._sample = jax.jit(sample, static_argnums=(3, 4))
+    self._step = jax.jit(step, static_argnums=(5, 6))
 
   def _prefill(self, tokens_BxL):
     cache = transformer.init_cache(self.cfg, tokens_BxL.shape[0], self.window)
@@ -73,20 +81,30 @@ class TokenSampler:
 
   def stream(self, prompt_BxL: np.ndarray, rng, max_new: int,
              temperature: float, top_p: float):
-    """Yields the next token of every row, max_new times (EOS included)."""
+    """Yields the next token of every row, max_new times (EOS included).
+
+    Step i samples with fold_in(rng, i).
+    """
     context_BxL = prompt_BxL[:, -(self.window // 2):]
     logits_BxV, cache = self._prefill(context_BxL)
     history = [context_BxL]
+    cached = context_BxL.shape[1]  # counted here: no device sync a step
     for i in range(max_new):
-      tokens_B = self._sample(logits_BxV, rng, i, temperature, top_p)
-      yield np.asarray(tokens_B)
-      history.append(np.asarray(tokens_B)[:, None])
-      if int(cache.index) >= self.window:
+      if cached < self.window:
+        tokens_B, logits_BxV, cache = self._step(
+            self.params, logits_BxV, cache, rng, i, temperature, top_p)
+        tokens_B = np.asarray(tokens_B)
+        history.append(tokens_B[:, None])
+        cached += 1
+      else:  # no room for the new tokens: refill with them
+        tokens_B = np.asarray(self._sample(logits_BxV, rng, i, temperature,
+                                           top_p))
+        history.append(tokens_B[:, None])
         recent_BxL = np.concatenate(history, axis=1)[:, -(self.window // 2):]
         history = [recent_BxL]
         logits_BxV, cache = self._prefill(recent_BxL)
-      else:
-        logits_BxV, cache = self._forward(self.params, tokens_B[:, None], cache)
+        cached = recent_BxL.shape[1]
+      yield tokens_B
 
 
 def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,

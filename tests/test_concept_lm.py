@@ -261,6 +261,32 @@ def test_kv_cached_generation_equals_full_recompute(input_kind):
   assert not np.allclose(steps[0][0], steps[1][0])  # it moves on
 
 
+def test_stream_past_a_full_window_equals_recomputing_what_it_holds():
+  task, params, frozen = _model('tokens')
+  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  context = _random_chunks(np.random.default_rng(3), (2, 3))
+  rng, steps = jax.random.key(4), 2 * S + 3  # two refills
+  streamed = list(sampler.stream(context, rng, steps, 1.0))
+
+  @jax.jit
+  def sample(window_BxLxK, step_rng):
+    h_BxLxD, _ = task.model.apply({'params': params},
+                                  task.model_inputs(frozen, window_BxLxK))
+    return task.model.apply({'params': params}, h_BxLxD[:, -1], step_rng, 1.0,
+                            method='sample')
+
+  # The chunks the model reads: the cached ones and the newest; when the
+  # cache is full, the last half window of them.
+  window_BxLxK = context
+  for i, (z_BxZ, chunks_BxK) in enumerate(streamed):
+    if window_BxLxK.shape[1] > S:
+      window_BxLxK = window_BxLxK[:, -(S // 2):]
+    np.testing.assert_allclose(
+        z_BxZ, sample(window_BxLxK, jax.random.fold_in(rng, i)),
+        rtol=1e-4, atol=1e-5)
+    window_BxLxK = np.concatenate([window_BxLxK, chunks_BxK[:, None]], 1)
+
+
 def test_next_chunks_of_one_shared_context_equal_a_stream_of_copies():
   task, params, frozen = _model('tokens')
   sampler = concept_generate.ConceptSampler(task, params, frozen)

@@ -130,6 +130,64 @@ def test_zero_temperature_is_deterministic(name):
   assert not np.allclose(_samples(name, 5), _samples(name, 6))
 
 
+def _perturbed_params(head, h_NxD):
+  """Initial params plus noise, so that the zero-initialised modulations and
+  gates matter."""
+  params = nn.unbox(head.init(jax.random.key(0), h_NxD,
+                              jnp.zeros((len(h_NxD), 1, 2)),
+                              jax.random.key(1), method='loss')['params'])
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  return jax.tree.unflatten(tree, [
+      leaf + 0.3 * jax.random.normal(key, leaf.shape)
+      for leaf, key in zip(leaves, keys)])
+
+
+# 5 steps run unrolled, 20 as a while loop (heads.base.MAX_UNROLLED_STEPS).
+@pytest.mark.parametrize('num_steps', (5, 20))
+def test_flow_sample_is_euler_steps_over_the_velocity(num_steps):
+  # The sampler conditions all steps at once; the reference calls the
+  # training-time velocity at each step's time.
+  head = _head('flow', num_steps=num_steps)
+  h_Nx3 = EVAL_H[::500]
+  params = {'params': _perturbed_params(head, h_Nx3)}
+  key, temperature = jax.random.key(4), 0.7
+  x_Nx2 = temperature * jax.random.normal(key, (len(h_Nx3), 2))
+  dt = 1.0 / num_steps
+  for i in range(num_steps):
+    t_N = jnp.full(len(h_Nx3), i * dt)
+    x_Nx2 = x_Nx2 + dt * head.apply(params, x_Nx2, h_Nx3, t_N,
+                                    method='velocity')
+  chex.assert_trees_all_close(
+      head.apply(params, h_Nx3, key, temperature, method='sample'), x_Nx2,
+      atol=1e-4)
+
+
+@pytest.mark.parametrize('guidance_scale', (1.0, 2.5))
+def test_diffusion_sample_is_ddim_steps_over_the_denoiser(guidance_scale):
+  steps = 6
+  head = _head('diffusion', sample_steps=steps, guidance_scale=guidance_scale)
+  h_Nx3 = EVAL_H[::500]
+  params = {'params': _perturbed_params(head, h_Nx3)}
+  key, temperature = jax.random.key(4), 0.7
+  x_Nx2 = temperature * jax.random.normal(key, (len(h_Nx3), 2))
+  for i in range(steps):
+    t, t_next = 1 - i / steps, 1 - (i + 1) / steps
+    t_N = jnp.full(len(h_Nx3), t)
+    x0_Nx2 = head.apply(params, x_Nx2, h_Nx3, t_N, False, method='denoise')
+    uncond_Nx2 = head.apply(params, x_Nx2, h_Nx3, t_N, True, method='denoise')
+    x0_Nx2 = uncond_Nx2 + guidance_scale * (x0_Nx2 - uncond_Nx2)
+    alpha_bar, alpha_bar_next = (heads.cosine_alpha_bar(t),
+                                 heads.cosine_alpha_bar(t_next))
+    eps_Nx2 = (x_Nx2 - np.sqrt(alpha_bar) * x0_Nx2) / np.sqrt(1 - alpha_bar)
+    x_Nx2 = (np.sqrt(alpha_bar_next) * x0_Nx2 +
+             np.sqrt(1 - alpha_bar_next) * eps_Nx2)
+  # Guidance and 1/sqrt(1 - alpha_bar) amplify float32 rounding (~1e-4).
+  chex.assert_trees_all_close(
+      head.apply(params, h_Nx3, key, temperature, method='sample'), x_Nx2,
+      atol=2e-3, rtol=2e-3)
+
+
 def test_gmm_zero_temperature_is_the_top_component_mean():
   head, params = _trained('gmm')
   log_weights_NxK, mean_NxKxZ, _ = jax.jit(functools.partial(

@@ -6,6 +6,7 @@ import math
 import numbers
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -21,17 +22,21 @@ def dense(features, in_axis, out_axis, kernel_init=None, bias_init=None,
       bias_init=nn.with_logical_partitioning(bias_init, (out_axis,)))
 
 
-def modulation(c_NxH, num, name):
-  """`num` zero-initialised (N x H) modulations computed from the condition."""
-  hidden_dim = c_NxH.shape[-1]
-  m = dense(num * hidden_dim, 'mlp', None, nn.initializers.zeros_init(),
-             name=name)(nn.silu(c_NxH))
-  return jnp.split(m, num, axis=-1)
+def modulation_layer(num, hidden_dim):
+  """The zero-initialised dense layer of `num` (N x H) modulations."""
+  return dense(num * hidden_dim, 'mlp', None, nn.initializers.zeros_init())
+
+
+def modulate(layer, c_NxH, num):
+  """The `num` modulations `layer` computes from the condition."""
+  return jnp.split(layer(nn.silu(c_NxH)), num, axis=-1)
 
 
 def norm(x_NxH):
   """LayerNorm without scale or bias: the modulations supply both."""
-  return nn.LayerNorm(use_scale=False, use_bias=False)(x_NxH)
+  mean_Nx1 = jnp.mean(x_NxH, axis=-1, keepdims=True)
+  var_Nx1 = jnp.var(x_NxH, axis=-1, keepdims=True)
+  return (x_NxH - mean_Nx1) * jax.lax.rsqrt(var_Nx1 + 1e-6)
 
 
 def time_features(t_N, dim):
@@ -51,12 +56,18 @@ class Block(nn.Module):
   """
   hidden_dim: int
 
-  @nn.compact
-  def __call__(self, x_NxH, c_NxH):
-    shift, scale, gate = modulation(c_NxH, 3, 'modulation')
+  def setup(self):
+    self.modulation = modulation_layer(3, self.hidden_dim)
+    self.up = dense(self.hidden_dim, None, 'mlp')
+    self.down = dense(self.hidden_dim, 'mlp', None)
+
+  def modulations(self, c_NxH):
+    return modulate(self.modulation, c_NxH, 3)
+
+  def __call__(self, x_NxH, modulations):
+    shift, scale, gate = modulations
     y_NxH = norm(x_NxH) * (1 + scale) + shift
-    y_NxH = nn.silu(dense(self.hidden_dim, None, 'mlp', name='up')(y_NxH))
-    y_NxH = dense(self.hidden_dim, 'mlp', None, name='down')(y_NxH)
+    y_NxH = self.down(nn.silu(self.up(y_NxH)))
     return x_NxH + gate * y_NxH
 
 
@@ -65,34 +76,64 @@ class Trunk(nn.Module):
 
   Leading dims of h, x, t and drop broadcast (h is N x 1 x D against N x M x Z
   targets). Without x the stream starts from the condition itself.
+
+  `trunk(h, x, t, drop)` is `stream(modulations(condition(h, t, drop)), x)`.
+  A sampler that runs the trunk at S known times calls the parts: the
+  conditions and modulations of all S steps in one batch, then S streams, so
+  that the modulation weights (most of the trunk's) are read once per sample
+  rather than once per step, which is what a batch-1 step waits for.
   """
   hidden_dim: int
   num_layers: int
   input_axis: str | None = 'latent'
+  null_condition: bool = False  # a learned "no condition" for guidance
 
-  @nn.compact
-  def __call__(self, h_NxD, x_NxI=None, t_N=None, drop_N=None):
-    h_NxD = h_NxD.astype(jnp.float32)
-    c_NxH = dense(self.hidden_dim, 'embed', 'mlp', name='cond')(h_NxD)
-    if drop_N is not None:
-      # Classifier-free guidance: a learned "no condition" stands in for h.
-      null_H = self.param(
+  def setup(self):
+    self.cond = dense(self.hidden_dim, 'embed', 'mlp')
+    if self.null_condition:
+      self.null_cond = self.param(
           'null_cond',
           nn.with_logical_partitioning(nn.initializers.normal(1.0), ('mlp',)),
           (self.hidden_dim,))
-      c_NxH = jnp.where(jnp.asarray(drop_N)[..., None], null_H, c_NxH)
-    if t_N is not None:
-      c_NxH = c_NxH + dense(self.hidden_dim, None, 'mlp', name='time')(
-          time_features(t_N, self.hidden_dim))
-    if x_NxI is None:
-      x_NxH = c_NxH
-    else:
-      x_NxH = dense(self.hidden_dim, self.input_axis, 'mlp', name='input')(
-          x_NxI.astype(jnp.float32))
+    self.time = dense(self.hidden_dim, None, 'mlp')
+    self.input = dense(self.hidden_dim, self.input_axis, 'mlp')
+    # Named one by one so that the params read block_0, block_1, ...
     for i in range(self.num_layers):
-      x_NxH = Block(self.hidden_dim, name=f'block_{i}')(x_NxH, c_NxH)
-    shift, scale = modulation(c_NxH, 2, 'final_modulation')
+      setattr(self, f'block_{i}', Block(self.hidden_dim))
+    self.final_modulation = modulation_layer(2, self.hidden_dim)
+
+  def _blocks(self):
+    return [getattr(self, f'block_{i}') for i in range(self.num_layers)]
+
+  def condition(self, h_NxD, t_N=None, drop_N=None):
+    """c (N x H) from h, the time t and, for guidance, where h is dropped."""
+    c_NxH = self.cond(h_NxD.astype(jnp.float32))
+    if drop_N is not None:
+      if not self.null_condition:
+        raise ValueError('drop_N needs a Trunk with null_condition=True')
+      c_NxH = jnp.where(jnp.asarray(drop_N)[..., None], self.null_cond, c_NxH)
+    if t_N is not None:
+      c_NxH = c_NxH + self.time(time_features(jnp.asarray(t_N),
+                                              self.hidden_dim))
+    return c_NxH
+
+  def modulations(self, c_NxH):
+    """Every block's (shift, scale, gate) and the final (shift, scale)."""
+    return ([block.modulations(c_NxH) for block in self._blocks()],
+            modulate(self.final_modulation, c_NxH, 2))
+
+  def stream(self, modulations, x_NxI=None, c_NxH=None):
+    """The residual stream from x (or, without x, from c) under the given
+    modulations."""
+    block_modulations, (shift, scale) = modulations
+    x_NxH = c_NxH if x_NxI is None else self.input(x_NxI.astype(jnp.float32))
+    for block, block_mods in zip(self._blocks(), block_modulations):
+      x_NxH = block(x_NxH, block_mods)
     return norm(x_NxH) * (1 + scale) + shift
+
+  def __call__(self, h_NxD, x_NxI=None, t_N=None, drop_N=None):
+    c_NxH = self.condition(h_NxD, t_N, drop_N)
+    return self.stream(self.modulations(c_NxH), x_NxI, c_NxH)
 
 
 def check_temperature(temperature):
@@ -130,7 +171,20 @@ class Head(nn.Module):
   hidden_dim: int
   num_layers: int
   trunk_input = 'latent'  # logical name of the trunk's input x dim
+  trunk_null_condition = False  # classifier-free guidance's "no condition"
 
   def setup(self):
-    self.trunk = Trunk(self.hidden_dim, self.num_layers, self.trunk_input)
+    self.trunk = Trunk(self.hidden_dim, self.num_layers, self.trunk_input,
+                       self.trunk_null_condition)
     self.out = dense(self.latent_dim, 'mlp', 'latent')
+
+  def step_modulations(self, h_NxD, t_S, drop=None):
+    """The trunk's modulations at each of a sampler's S step times, computed
+    in one batch (see Trunk); leaves are S x N x H."""
+    return self.trunk.modulations(
+        self.trunk.condition(h_NxD[None], jnp.asarray(t_S)[:, None], drop))
+
+  def out_at_step(self, modulations_S, i, x_NxZ):
+    """The network's output for x at step i (traced) of step_modulations."""
+    modulations = jax.tree.map(lambda m_SxNxH: m_SxNxH[i], modulations_S)
+    return self.out(self.trunk.stream(modulations, x_NxZ))

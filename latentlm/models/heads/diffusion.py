@@ -26,6 +26,7 @@ class DiffusionHead(base.Head):
   sample_steps: int = 40
   guidance_scale: float = 1.0
   cond_dropout: float = 0.1
+  trunk_null_condition = True
 
   def denoise(self, x_NxZ, h_NxD, t_N, drop_N):
     return self.out(self.trunk(h_NxD, x_NxZ, t_N, drop_N))
@@ -48,13 +49,18 @@ class DiffusionHead(base.Head):
     base.check_temperature(temperature)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
+    # The steps' times are known: condition all of them at once (see Trunk).
+    t_S = 1.0 - jnp.arange(self.sample_steps) / self.sample_steps
+    guided = self.guidance_scale != 1.0
+    cond_S = self.step_modulations(h_NxD, t_S, False)
+    uncond_S = self.step_modulations(h_NxD, t_S, True) if guided else None
 
     def ddim(mdl, i, x_NxZ):
       t = 1.0 - i / self.sample_steps
       t_next = 1.0 - (i + 1) / self.sample_steps
-      x0_NxZ = mdl.denoise(x_NxZ, h_NxD, t, False)
-      if self.guidance_scale != 1.0:
-        x0_uncond_NxZ = mdl.denoise(x_NxZ, h_NxD, t, True)
+      x0_NxZ = mdl.out_at_step(cond_S, i, x_NxZ)
+      if guided:
+        x0_uncond_NxZ = mdl.out_at_step(uncond_S, i, x_NxZ)
         x0_NxZ = x0_uncond_NxZ + self.guidance_scale * (x0_NxZ - x0_uncond_NxZ)
       alpha_bar, alpha_bar_next = cosine_alpha_bar(t), cosine_alpha_bar(t_next)
       eps_NxZ = (x_NxZ - jnp.sqrt(alpha_bar) * x0_NxZ) / jnp.sqrt(1 - alpha_bar)

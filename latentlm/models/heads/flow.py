@@ -32,7 +32,10 @@ class FlowHead(base.Head):
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
     dt = 1.0 / self.num_steps
+    # The steps' times are known: condition all of them at once (see Trunk).
+    modulations_S = self.step_modulations(h_NxD,
+                                          jnp.arange(self.num_steps) * dt)
 
     def euler(mdl, i, x_NxZ):
-      return x_NxZ + dt * mdl.velocity(x_NxZ, h_NxD, i * dt)
+      return x_NxZ + dt * mdl.out_at_step(modulations_S, i, x_NxZ)
     return base.loop(self, euler, x_NxZ, self.num_steps)
