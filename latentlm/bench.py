@@ -222,30 +222,23 @@ def _median_ms(fn, repeats: int) -> float:
   return 1e3 * float(np.median(times))
 
 
-def concept_step_parts_ms(task, params, frozen, rng, repeats=50) -> dict:
+def concept_step_parts_ms(sampler, rng, repeats=50) -> dict:
   """Where a batch-1 generation step's time goes: the backbone on one chunk
   (KV cache), the head's sample, the stage-1 decoder, each jitted alone.
-  Their sum is more than the fused step, which is one dispatch."""
+  The real step fuses them into one program, whose time is not their sum."""
+  task, params = sampler.task, sampler.params
   cache = transformer.init_cache(task.model_config, 1,
                                  task.model_config.max_len)
   chunk_1x1xK = np.full((1, 1, task.chunk_len), task.pad_id, np.int32)
-
-  def backbone(params, frozen, chunk_1x1xK, cache):
-    inputs = task.model_inputs(frozen, chunk_1x1xK)
-    h_1x1xD, _ = task.model.apply({'params': params}, inputs, cache=cache)
-    return h_1x1xD[:, -1]
-
-  backbone = jax.jit(backbone)
   head = jax.jit(lambda params, h_1xD, rng: task.model.apply(
       {'params': params}, h_1xD, rng, 1.0, method='sample'))
   decoder = jax.jit(task.decode)
-  h_1xD = backbone(params, frozen, chunk_1x1xK, cache)
+  h_1xD, _ = sampler.feed(chunk_1x1xK, cache)
   z_1xZ = head(params, h_1xD, rng)
   return dict(
-      backbone=_median_ms(
-          lambda: backbone(params, frozen, chunk_1x1xK, cache), repeats),
+      backbone=_median_ms(lambda: sampler.feed(chunk_1x1xK, cache), repeats),
       head=_median_ms(lambda: head(params, h_1xD, rng), repeats),
-      decoder=_median_ms(lambda: decoder(frozen, z_1xZ), repeats))
+      decoder=_median_ms(lambda: decoder(sampler.frozen, z_1xZ), repeats))
 
 
 def mean_bytes_per_unit(config, task) -> float:
@@ -320,7 +313,7 @@ def bench_generate(config, config_dir: str) -> dict:
       bytes_per_token=bytes_per_token,
       concept_steps_per_s=concept_steps_per_s,
       token_steps_per_s=token_steps_per_s,
-      concept_step_parts_ms=concept_step_parts_ms(task, params, frozen, rng),
+      concept_step_parts_ms=concept_step_parts_ms(concept_sampler, rng),
       concept_params=transformer.param_count(params),
       token_params=transformer.param_count(token_params),
       steps=GENERATE_STEPS,

@@ -113,13 +113,17 @@ class ConceptSampler:
     self.window = task.model_config.max_len
     self._forward, self._step = _compiled(task, num_candidates)
 
+  def feed(self, chunks_BxLxK, cache):
+    """(h after the last chunk B x D, the cache with the chunks in it)."""
+    return self._forward(self.params, self.frozen, jnp.asarray(chunks_BxLxK),
+                         cache)
+
   def _prefill(self, chunks_BxLxK):
     cache = transformer.init_cache(self.task.model_config,
                                    chunks_BxLxK.shape[0], self.window)
     if chunks_BxLxK.shape[1] == 0:
       return cache
-    return self._forward(self.params, self.frozen, jnp.asarray(chunks_BxLxK),
-                         cache)[1]
+    return self.feed(chunks_BxLxK, cache)[1]
 
   def next_chunks(self, context_LxK: np.ndarray, num_rows: int, rng,
                   temperature: float):
