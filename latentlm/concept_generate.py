@@ -111,12 +111,16 @@ class ConceptSampler:
       raise UserError(f'num_candidates={num_candidates} must be at least 1')
     self.task, self.params, self.frozen = task, params, frozen
     self.window = task.model_config.max_len
-    self._forward, self._step = _compiled(task, num_candidates)
+    # Jitted, public so that a benchmark can swap the step (bench.py).
+    # feed_fn(params, frozen, chunks_BxLxK, cache) -> (h_BxD, cache);
+    # step_fn(params, frozen, chunks_Bx1xK, cache, rng, i, temperature)
+    #   -> (z_BxZ, chunks_BxK, cache).
+    self.feed_fn, self.step_fn = _compiled(task, num_candidates)
 
   def feed(self, chunks_BxLxK, cache):
     """(h after the last chunk B x D, the cache with the chunks in it)."""
-    return self._forward(self.params, self.frozen, jnp.asarray(chunks_BxLxK),
-                         cache)
+    return self.feed_fn(self.params, self.frozen, jnp.asarray(chunks_BxLxK),
+                        cache)
 
   def _prefill(self, chunks_BxLxK):
     cache = transformer.init_cache(self.task.model_config,
@@ -136,7 +140,7 @@ class ConceptSampler:
                           v=jnp.repeat(cache.v, num_rows, axis=1))
     pending_Rx1xK = np.broadcast_to(history_LxK[-1],
                                     (num_rows, 1, history_LxK.shape[-1]))
-    z_RxZ, chunks_RxK, _ = self._step(
+    z_RxZ, chunks_RxK, _ = self.step_fn(
         self.params, self.frozen, jnp.asarray(pending_Rx1xK), cache, rng, 0,
         temperature)
     return np.asarray(z_RxZ), np.asarray(chunks_RxK)
@@ -157,7 +161,7 @@ class ConceptSampler:
         recent_BxLxK = history_BxLxK[:, -(self.window // 2):]
         cache = self._prefill(recent_BxLxK[:, :-1])
         cached = recent_BxLxK.shape[1] - 1
-      z_BxZ, chunks_BxK, cache = self._step(
+      z_BxZ, chunks_BxK, cache = self.step_fn(
           self.params, self.frozen, jnp.asarray(pending_Bx1xK), cache, rng, i,
           temperature)
       cached += 1

@@ -175,6 +175,7 @@ def test_bench_generate_reports_consistent_numbers(tmp_path, monkeypatch):
       result['concept_bytes_per_s'] / result['token_bytes_per_s'])
   assert result['target_ratio'] == pytest.approx(
       0.8 * result['bytes_per_concept'] / result['bytes_per_token'])
+  assert result['headless_ratio'] > 0
   parts = result['concept_step_parts_ms']
   assert sorted(parts) == ['backbone', 'decoder', 'head']
   assert all(ms > 0 for ms in parts.values())
