@@ -163,6 +163,29 @@ def test_flow_sample_is_euler_steps_over_the_velocity(num_steps):
       atol=1e-4)
 
 
+@pytest.mark.parametrize('time_sampling', ('logit_normal', 'uniform'))
+def test_flow_loss_is_velocity_regression_on_the_linear_path(time_sampling):
+  head = _head('flow', time_sampling=time_sampling)
+  h_Nx3, z_NxMx2 = _toy_batch(np.random.default_rng(5), (6,), m=3)
+  params = {'params': _perturbed_params(head, h_Nx3)}
+  key = jax.random.key(6)
+  # The head's draws, remade: t from its distribution, x0 ~ N(0, I).
+  t_rng, noise_rng = jax.random.split(key)
+  if time_sampling == 'logit_normal':  # the sigmoid, in numpy
+    t_NxM = 1 / (1 + np.exp(-np.asarray(jax.random.normal(t_rng, (6, 3)))))
+  else:
+    t_NxM = np.asarray(jax.random.uniform(t_rng, (6, 3)))
+  x0_NxMx2 = np.asarray(jax.random.normal(noise_rng, z_NxMx2.shape))
+  xt_NxMx2 = (1 - t_NxM[..., None]) * x0_NxMx2 + t_NxM[..., None] * z_NxMx2
+  v_NxMx2 = np.asarray(head.apply(params, jnp.asarray(xt_NxMx2),
+                                  h_Nx3[:, None], jnp.asarray(t_NxM),
+                                  method='velocity'))
+  expected_N = np.mean((v_NxMx2 - (z_NxMx2 - x0_NxMx2))**2, axis=(1, 2))
+  np.testing.assert_allclose(
+      head.apply(params, h_Nx3, z_NxMx2, key, method='loss'), expected_N,
+      rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('guidance_scale', (1.0, 2.5))
 def test_diffusion_sample_is_ddim_steps_over_the_denoiser(guidance_scale):
   steps = 6
@@ -353,3 +376,6 @@ def test_config_fields():
     heads.make_head(dict(name='mse', num_layer=2), latent_dim=2)
   with pytest.raises(UserError, match='num_samples'):
     heads.make_head(dict(name='energy', num_samples=1), latent_dim=2)
+  assert head.time_sampling == 'logit_normal'
+  with pytest.raises(UserError, match="time_sampling='normal' is not one of"):
+    heads.make_head(dict(name='flow', time_sampling='normal'), latent_dim=2)

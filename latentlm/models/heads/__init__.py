@@ -33,6 +33,7 @@ from latentlm.models.heads.diffusion import DiffusionHead
 from latentlm.models.heads.energy import energy_score
 from latentlm.models.heads.energy import EnergyHead
 from latentlm.models.heads.flow import FlowHead
+from latentlm.models.heads.flow import TIME_SAMPLING
 from latentlm.models.heads.gmm import GMMHead
 from latentlm.models.heads.mse import MSEHead
 
@@ -45,7 +46,8 @@ _DEFAULTS = {
     'mse': {},
     # CALM: 8 model samples per position for the pairwise term.
     'energy': dict(num_samples=8, noise_dim=64),
-    'flow': dict(num_steps=10),  # Euler steps when sampling
+    # Euler steps when sampling; the distribution of training times.
+    'flow': dict(num_steps=10, time_sampling='logit_normal'),
     # LCM samples with 40 DDIM steps and guidance 3; 1 is plain conditional.
     'diffusion': dict(num_steps=1000, sample_steps=40, guidance_scale=1.0,
                       cond_dropout=0.1),
@@ -89,6 +91,9 @@ def make_head(head_config, latent_dim: int) -> nn.Module:
   name = fields.pop('name')
   if name == 'energy' and fields['num_samples'] < 2:
     raise UserError('head.num_samples must be >= 2 for the energy score')
+  if name == 'flow' and fields['time_sampling'] not in TIME_SAMPLING:
+    raise UserError(f'head.time_sampling={fields["time_sampling"]!r} is not '
+                    f'one of {TIME_SAMPLING}')
   if name == 'diffusion' and not 1 <= fields['sample_steps'] <= fields[
       'num_steps']:
     raise UserError('head.sample_steps must be in [1, head.num_steps]')
