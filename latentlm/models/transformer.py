@@ -193,16 +193,26 @@ class Attention(nn.Module):
     if mask_BxL is not None:
       allowed_BxLxS = allowed_BxLxS & mask_BxL[:, None, :]
 
-    q_BxLxNxGxK = q_BxLxHxK.reshape(B, L, N, H // N, K)
-    logits_BxNxGxLxS = jnp.einsum(
-        'BLNGK,BSNK->BNGLS', q_BxLxNxGxK, k_BxSxNxK,
+    # Heads-major, a kv head's G query heads stacked along the query
+    # positions (M = G x L): XLA:CPU runs these 4-D batched matmuls 20-25%
+    # faster than the same einsums over the B x L x heads layout (a `tiny`
+    # layer at L=256, forward and backward); on TPU XLA picks the layout.
+    G = H // N
+    q_BxNxMxK = q_BxLxHxK.reshape(B, L, N, G, K).transpose(
+        0, 2, 3, 1, 4).reshape(B, N, G * L, K)
+    k_BxNxSxK = k_BxSxNxK.transpose(0, 2, 1, 3)
+    v_BxNxSxK = v_BxSxNxK.transpose(0, 2, 1, 3)
+    logits_BxNxMxS = jnp.einsum(
+        'BNMK,BNSK->BNMS', q_BxNxMxK, k_BxNxSxK,
         preferred_element_type=jnp.float32) * K ** -0.5
-    logits_BxNxGxLxS = jnp.where(allowed_BxLxS[:, None, None], logits_BxNxGxLxS,
-                                 jnp.finfo(jnp.float32).min)
-    probs_BxNxGxLxS = jax.nn.softmax(logits_BxNxGxLxS, axis=-1).astype(dtype)
-    out_BxLxNxGxK = jnp.einsum('BNGLS,BSNK->BLNGK', probs_BxNxGxLxS, v_BxSxNxK)
-    y_BxLxD = jnp.einsum('BLHK,HKD->BLD', out_BxLxNxGxK.reshape(B, L, H, K),
-                         w_o.astype(dtype))
+    allowed_BxMxS = jnp.tile(allowed_BxLxS, (1, G, 1))
+    logits_BxNxMxS = jnp.where(allowed_BxMxS[:, None], logits_BxNxMxS,
+                               jnp.finfo(jnp.float32).min)
+    probs_BxNxMxS = jax.nn.softmax(logits_BxNxMxS, axis=-1).astype(dtype)
+    out_BxNxGxLxK = jnp.einsum('BNMS,BNSK->BNMK', probs_BxNxMxS,
+                               v_BxNxSxK).reshape(B, N, G, L, K)
+    y_BxLxD = jnp.einsum('BNGLK,NGKD->BLD', out_BxNxGxLxK,
+                         w_o.reshape(N, G, K, D).astype(dtype))
     return y_BxLxD, kv
 
 
