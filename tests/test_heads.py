@@ -144,20 +144,29 @@ def _perturbed_params(head, h_NxD):
 
 
 # 5 steps run unrolled, 20 as a while loop (heads.base.MAX_UNROLLED_STEPS).
-@pytest.mark.parametrize('num_steps', (5, 20))
-def test_flow_sample_is_euler_steps_over_the_velocity(num_steps):
-  # The sampler conditions all steps at once; the reference calls the
-  # training-time velocity at each step's time.
-  head = _head('flow', num_steps=num_steps)
+@pytest.mark.parametrize('num_steps,guidance_scale', ((5, 1.0), (20, 1.0),
+                                                      (5, 2.5)))
+def test_flow_sample_is_euler_steps_over_the_velocity(num_steps,
+                                                      guidance_scale):
+  # The sampler conditions all steps at once and runs both conditions in one
+  # stream; the reference calls the training-time velocity at each step's
+  # time, once per condition.
+  head = _head('flow', num_steps=num_steps, guidance_scale=guidance_scale,
+               cond_dropout=0.1)
   h_Nx3 = EVAL_H[::500]
   params = {'params': _perturbed_params(head, h_Nx3)}
   key, temperature = jax.random.key(4), 0.7
   x_Nx2 = temperature * jax.random.normal(key, (len(h_Nx3), 2))
   dt = 1.0 / num_steps
+  velocity = lambda x, t, drop: head.apply(params, x, h_Nx3, t, drop,
+                                           method='velocity')
   for i in range(num_steps):
     t_N = jnp.full(len(h_Nx3), i * dt)
-    x_Nx2 = x_Nx2 + dt * head.apply(params, x_Nx2, h_Nx3, t_N,
-                                    method='velocity')
+    v_Nx2 = velocity(x_Nx2, t_N, False)
+    if guidance_scale != 1.0:
+      uncond_Nx2 = velocity(x_Nx2, t_N, True)
+      v_Nx2 = uncond_Nx2 + guidance_scale * (v_Nx2 - uncond_Nx2)
+    x_Nx2 = x_Nx2 + dt * v_Nx2
   chex.assert_trees_all_close(
       head.apply(params, h_Nx3, key, temperature, method='sample'), x_Nx2,
       atol=1e-4)
@@ -307,7 +316,8 @@ def test_energy_loss_scores_the_generator_samples():
 def test_shapes_and_logical_axes(name):
   n, m, z, d = 3, 2, 5, 7
   head = heads.make_head(dict(name=name, hidden_dim=8, num_layers=1,
-                              guidance_scale=2.0), latent_dim=z)
+                              guidance_scale=2.0, cond_dropout=0.1),
+                         latent_dim=z)
   h = jax.ShapeDtypeStruct((n, d), jnp.bfloat16)
   targets = jax.ShapeDtypeStruct((n, m, z), jnp.bfloat16)
   key = jax.eval_shape(jax.random.key, 0)
@@ -379,3 +389,13 @@ def test_config_fields():
   assert head.time_sampling == 'logit_normal'
   with pytest.raises(UserError, match="time_sampling='normal' is not one of"):
     heads.make_head(dict(name='flow', time_sampling='normal'), latent_dim=2)
+  # Guidance needs the null condition that dropout trains; flow has neither
+  # by default, so its runs from before guidance still load.
+  assert 'null_cond' not in jax.eval_shape(
+      functools.partial(head.init, method='loss'), jax.random.key(0),
+      jnp.zeros((1, 3)), jnp.zeros((1, 1, 4)), jax.random.key(0))['params'][
+          'trunk']
+  for name in ('flow', 'diffusion'):
+    with pytest.raises(UserError, match='train with head.cond_dropout > 0'):
+      heads.make_head(dict(name=name, guidance_scale=3.0, cond_dropout=0.0),
+                      latent_dim=2)

@@ -47,7 +47,9 @@ _DEFAULTS = {
     # CALM: 8 model samples per position for the pairwise term.
     'energy': dict(num_samples=8, noise_dim=64),
     # Euler steps when sampling; the distribution of training times.
-    'flow': dict(num_steps=10, time_sampling='logit_normal'),
+    # Guidance is off by default (no null condition: old runs still load).
+    'flow': dict(num_steps=10, time_sampling='logit_normal',
+                 guidance_scale=1.0, cond_dropout=0.0),
     # LCM samples with 40 DDIM steps and guidance 3; 1 is plain conditional.
     'diffusion': dict(num_steps=1000, sample_steps=40, guidance_scale=1.0,
                       cond_dropout=0.1),
@@ -97,6 +99,10 @@ def make_head(head_config, latent_dim: int) -> nn.Module:
   if name == 'diffusion' and not 1 <= fields['sample_steps'] <= fields[
       'num_steps']:
     raise UserError('head.sample_steps must be in [1, head.num_steps]')
-  if name == 'diffusion' and not 0 <= fields['cond_dropout'] < 1:
-    raise UserError('head.cond_dropout must be in [0, 1)')
+  if name in ('flow', 'diffusion'):
+    if not 0 <= fields['cond_dropout'] < 1:
+      raise UserError('head.cond_dropout must be in [0, 1)')
+    if fields['guidance_scale'] != 1.0 and fields['cond_dropout'] == 0:
+      raise UserError('head.guidance_scale needs a null condition to guide '
+                      'from: train with head.cond_dropout > 0 (e.g. 0.1)')
   return HEADS[name](latent_dim=latent_dim, **fields)

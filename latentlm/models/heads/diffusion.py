@@ -13,7 +13,7 @@ def cosine_alpha_bar(t):
   return jnp.clip(f(t) / f(0.0), 0.0, 1.0)
 
 
-class DiffusionHead(base.Head):
+class DiffusionHead(base.GuidedHead):
   """x0-prediction diffusion (LCM, MAR) with DDIM sampling and CFG.
 
   Trains on num_steps discrete timesteps of a cosine schedule, dropping h to a
@@ -24,9 +24,7 @@ class DiffusionHead(base.Head):
   """
   num_steps: int = 1000
   sample_steps: int = 40
-  guidance_scale: float = 1.0
   cond_dropout: float = 0.1
-  trunk_null_condition = True
 
   def denoise(self, x_NxZ, h_NxD, t_N, drop_N):
     return self.out(self.trunk(h_NxD, x_NxZ, t_N, drop_N))
@@ -41,7 +39,7 @@ class DiffusionHead(base.Head):
     noise_NxMxZ = jax.random.normal(noise_rng, x0_NxMxZ.shape)
     xt_NxMxZ = (jnp.sqrt(alpha_bar_NxMx1) * x0_NxMxZ +
                 jnp.sqrt(1 - alpha_bar_NxMx1) * noise_NxMxZ)
-    drop_NxM = jax.random.bernoulli(drop_rng, self.cond_dropout, shape_NxM)
+    drop_NxM = self.dropped(drop_rng, shape_NxM)
     pred_NxMxZ = self.denoise(xt_NxMxZ, h_NxD[:, None], t_NxM, drop_NxM)
     return jnp.mean(jnp.square(pred_NxMxZ - x0_NxMxZ), axis=(1, 2))
 
@@ -51,17 +49,12 @@ class DiffusionHead(base.Head):
         rng, (h_NxD.shape[0], self.latent_dim))
     # The steps' times are known: condition all of them at once (see Trunk).
     t_S = 1.0 - jnp.arange(self.sample_steps) / self.sample_steps
-    guided = self.guidance_scale != 1.0
-    cond_S = self.step_modulations(h_NxD, t_S, False)
-    uncond_S = self.step_modulations(h_NxD, t_S, True) if guided else None
+    modulations_S = self.guided_step_modulations(h_NxD, t_S)
 
     def ddim(mdl, i, x_NxZ):
       t = 1.0 - i / self.sample_steps
       t_next = 1.0 - (i + 1) / self.sample_steps
-      x0_NxZ = mdl.out_at_step(cond_S, i, x_NxZ)
-      if guided:
-        x0_uncond_NxZ = mdl.out_at_step(uncond_S, i, x_NxZ)
-        x0_NxZ = x0_uncond_NxZ + self.guidance_scale * (x0_NxZ - x0_uncond_NxZ)
+      x0_NxZ = mdl.guided_out_at_step(modulations_S, i, x_NxZ)
       alpha_bar, alpha_bar_next = cosine_alpha_bar(t), cosine_alpha_bar(t_next)
       eps_NxZ = (x_NxZ - jnp.sqrt(alpha_bar) * x0_NxZ) / jnp.sqrt(1 - alpha_bar)
       return jnp.sqrt(alpha_bar_next) * x0_NxZ + jnp.sqrt(
