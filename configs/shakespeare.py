@@ -39,6 +39,11 @@ def get_config(arg=None):
   # temperature 0.4). The auxiliary next-chunk token loss shapes the backbone
   # early; sampling never reads it. Small batches: more steps for the time.
   lm.token_loss_weight = 1.0
+  if args.head in ('flow', 'diffusion'):
+    # Classifier-free guidance: words found in the plays 0.67 -> 0.74 for
+    # flow at scale 3 (four seeds of 6 samples; 2: 0.72, 4: 0.70), with the
+    # verse's shape kept (README).
+    lm.head.update(cond_dropout=0.1, guidance_scale=3.0)
   lm.train.batch_size = 16
   lm.train.num_steps = 700
   lm.train.eval_every = 350
