@@ -19,7 +19,7 @@ temperature goes to the head itself:
   mse:       ignored: the head regresses one vector and has no distribution.
   energy:    scales the generator's input noise; 0 maps zero noise to one
              vector. A heuristic: smaller noise tends to sharpen the samples.
-  flow:      scales the initial Gaussian noise of the Euler integration.
+  flow:      scales the initial Gaussian noise of the ODE integration.
   diffusion: scales the initial noise of DDIM (deterministic steps after it).
   gmm:       divides the mixture logits and multiplies the stds; 0 takes the
              most likely component's mean.

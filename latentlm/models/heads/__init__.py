@@ -33,12 +33,13 @@ from latentlm.models.heads.diffusion import DiffusionHead
 from latentlm.models.heads.energy import energy_score
 from latentlm.models.heads.energy import EnergyHead
 from latentlm.models.heads.flow import FlowHead
+from latentlm.models.heads.flow import SOLVERS
 from latentlm.models.heads.flow import TIME_SAMPLING
 from latentlm.models.heads.gmm import GMMHead
 from latentlm.models.heads.mse import MSEHead
 
 __all__ = ['DiffusionHead', 'EnergyHead', 'FlowHead', 'GMMHead', 'HEADS',
-           'MSEHead', 'cosine_alpha_bar', 'default_head_config',
+           'MSEHead', 'SOLVERS', 'cosine_alpha_bar', 'default_head_config',
            'energy_score', 'make_head']
 
 _SHARED = dict(hidden_dim=256, num_layers=3)
@@ -46,9 +47,9 @@ _DEFAULTS = {
     'mse': {},
     # CALM: 8 model samples per position for the pairwise term.
     'energy': dict(num_samples=8, noise_dim=64),
-    # Euler steps when sampling; the distribution of training times.
+    # Steps and solver when sampling; the distribution of training times.
     # Guidance is off by default (no null condition: old runs still load).
-    'flow': dict(num_steps=10, time_sampling='logit_normal',
+    'flow': dict(num_steps=10, solver='euler', time_sampling='logit_normal',
                  guidance_scale=1.0, cond_dropout=0.0),
     # LCM samples with 40 DDIM steps and guidance 3; 1 is plain conditional.
     'diffusion': dict(num_steps=1000, sample_steps=40, guidance_scale=1.0,
@@ -96,6 +97,9 @@ def make_head(head_config, latent_dim: int) -> nn.Module:
   if name == 'flow' and fields['time_sampling'] not in TIME_SAMPLING:
     raise UserError(f'head.time_sampling={fields["time_sampling"]!r} is not '
                     f'one of {TIME_SAMPLING}')
+  if name == 'flow' and fields['solver'] not in SOLVERS:
+    raise UserError(f'head.solver={fields["solver"]!r} is not one of '
+                    f'{SOLVERS}')
   if name == 'diffusion' and not 1 <= fields['sample_steps'] <= fields[
       'num_steps']:
     raise UserError('head.sample_steps must be in [1, head.num_steps]')

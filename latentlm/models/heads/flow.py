@@ -1,4 +1,4 @@
-"""flow: conditional flow matching, sampled with Euler steps."""
+"""flow: conditional flow matching, sampled with Euler or Heun steps."""
 
 import jax
 import jax.numpy as jnp
@@ -6,14 +6,21 @@ import jax.numpy as jnp
 from latentlm.models.heads import base
 
 TIME_SAMPLING = ('logit_normal', 'uniform')
+SOLVERS = ('euler', 'heun')
 
 
 class FlowHead(base.GuidedHead):
   """Conditional flow matching on the linear path (rectified flow).
 
   x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I) and x1 the target; the network
-  regresses the velocity x1 - x0. Sampling integrates it with num_steps Euler
-  steps from t=0; temperature scales the initial noise.
+  regresses the velocity x1 - x0. Sampling integrates it from t=0 in
+  num_steps steps; temperature scales the initial noise.
+
+  solver: 'euler' takes one velocity per step. 'heun' (second order) also
+  takes the velocity at the Euler step's end and steps with the mean of the
+  two, except on the last step, which stays Euler (the end point needs no
+  correction), so S steps cost 2S - 1 velocities. On the main job Heun with
+  5 steps (9 velocities) samples better words than Euler with 10 (README).
 
   time_sampling: the training t. 'logit_normal', sigmoid of N(0, 1) (SD3),
   spends the training on the middle of the path, where the velocity depends
@@ -26,6 +33,7 @@ class FlowHead(base.GuidedHead):
   """
   num_steps: int = 10
   time_sampling: str = 'logit_normal'
+  solver: str = 'euler'
 
   def training_times(self, rng, shape):
     if self.time_sampling == 'uniform':
@@ -50,11 +58,23 @@ class FlowHead(base.GuidedHead):
     base.check_temperature(temperature)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
-    dt = 1.0 / self.num_steps
+    S, dt = self.num_steps, 1.0 / self.num_steps
     # The steps' times are known: condition all of them at once (see Trunk).
-    modulations_S = self.guided_step_modulations(
-        h_NxD, jnp.arange(self.num_steps) * dt)
+    # Heun's second velocity of step i is at step i + 1's time, and its last
+    # step is Euler's, so the same S times serve both solvers.
+    modulations_S = self.guided_step_modulations(h_NxD, jnp.arange(S) * dt)
+
+    def velocity(mdl, i, x_NxZ):
+      return mdl.guided_out_at_step(modulations_S, i, x_NxZ)
 
     def euler(mdl, i, x_NxZ):
-      return x_NxZ + dt * mdl.guided_out_at_step(modulations_S, i, x_NxZ)
-    return base.loop(self, euler, x_NxZ, self.num_steps)
+      return x_NxZ + dt * velocity(mdl, i, x_NxZ)
+
+    def heun(mdl, i, x_NxZ):
+      v_NxZ = velocity(mdl, i, x_NxZ)
+      end_NxZ = x_NxZ + dt * v_NxZ
+      return x_NxZ + 0.5 * dt * (v_NxZ + velocity(mdl, i + 1, end_NxZ))
+
+    if self.solver == 'euler':
+      return base.loop(self, euler, x_NxZ, S)
+    return euler(self, S - 1, base.loop(self, heun, x_NxZ, S - 1))
