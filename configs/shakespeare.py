@@ -11,7 +11,8 @@ Rerunning the command resumes the stage it was in. Any field of a stage is
 overridable, e.g. --config.stages.concept_lm.train.num_steps=100.
 
 Args: head (flow), input (tokens) and size (tiny) of the concept LM (see
-configs/concept_lm.py), Dz (32) of the autoencoder (configs/autoencoder.py).
+configs/concept_lm.py), K (2 bytes per concept) and Dz (32) of the
+autoencoder (configs/autoencoder.py).
 """
 
 from latentlm import config_lib
@@ -19,13 +20,16 @@ from latentlm import config_lib
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, head='flow', input='tokens', size='tiny',
-                               Dz=32)
+                               K=2, Dz=32)
   c = config_lib.ConfigDict()
   c.task = 'pipeline'
   c.seed = 0
   c.stages = config_lib.ConfigDict()
+  # Two bytes per concept: on this budget the words of the samples are
+  # found in the plays 0.88 of the time at K=2, 0.82 at K=3 and 0.75 at K=4
+  # (ten seeds of 6 samples each, the same recipe otherwise; README).
   c.stages.autoencoder = config_lib.config_beside(__file__, 'autoencoder',
-                                                 f'Dz={args.Dz}')
+                                                 f'K={args.K},Dz={args.Dz}')
   # Stage 1 reconstructs >99.9% of tokens well before its default 400 steps:
   # the time goes to stage 2, whose samples it buys (README, results).
   c.stages.autoencoder.train.update(num_steps=250, eval_every=250,
