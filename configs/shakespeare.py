@@ -38,20 +38,22 @@ def get_config(arg=None):
       __file__, 'concept_lm',
       f'head={args.head},input={args.input},size={args.size}')
   # Chosen on this budget (2 CPU cores, ~5 minutes for stage 2), by the
-  # fraction of sampled words found in the plays, at 300 steps of 16 rows:
+  # fraction of sampled words found in the plays, at 300 steps of 16 rows
+  # at K=4:
   # flow 0.42 against energy 0.27 at Dz=128, flow 0.54 at Dz=32 (head
   # temperature 0.4). The auxiliary next-chunk token loss shapes the backbone
   # early; sampling never reads it. Small batches: more steps for the time.
   lm.token_loss_weight = 1.0
   if args.head in ('flow', 'diffusion'):
-    # Classifier-free guidance: words found in the plays 0.67 -> 0.74 for
-    # flow at scale 3 (four seeds of 6 samples; 2: 0.72, 4: 0.70), with the
+    # Classifier-free guidance: words found in the plays 0.67 -> 0.74 (K=4)
+    # for flow at scale 3 (four seeds of 6 samples; 2: 0.72, 4: 0.70), with the
     # verse's shape kept (README).
     lm.head.update(cond_dropout=0.1, guidance_scale=3.0)
   if args.head == 'flow':
     # Heun's second-order steps: 5 of them (9 velocities) against Euler's 10
-    # raised the words found in the plays 0.731 -> 0.748 (ten seeds of 6
-    # samples; 0.734 -> 0.745 on a second model) for a cheaper sample.
+    # raised the words found in the plays 0.731 -> 0.748 at K=4 (ten seeds
+    # of 6 samples; 0.734 -> 0.745 on a second model); at K=2 they are level
+    # (0.886 against 0.892), and Heun's step costs less (5 step times).
     lm.head.update(solver='heun', num_steps=5)
   lm.train.batch_size = 16
   lm.train.num_steps = 700
@@ -65,7 +67,8 @@ def get_config(arg=None):
   # The head's own temperature (num_candidates=1; latentlm/concept_generate.py
   # says what it means for each head). Lower sharpens a flow head's samples:
   # words found in the plays 0.56 / 0.64 / 0.70 at 0.4 / 0.2 / 0.1 (6 samples
-  # of the 500-step model); 0 falls into loops ('the torte the share').
+  # of a 500-step K=4 model; at K=2 0.861 at 0.4), paid for in repeats;
+  # 0 falls into loops ('the torte the share').
   c.samples.temperature = 0.2
   c.samples.num_candidates = 1
   c.samples.max_bytes = 400

@@ -161,14 +161,15 @@ def test_bench_generate_reports_consistent_numbers(tmp_path, monkeypatch):
                                          num_layers=1, num_heads=2)
   result = bench.bench_generate(config, os.path.join(helpers.REPO, 'configs'))
 
-  # Bytes per unit over the eval split, counted here: K=4 fixed chunks of
+  # Bytes per unit over the eval split, counted here: fixed chunks of K of
   # the bytes and the end-of-text token, which has no bytes.
   data = config.stages.concept_lm.data
+  K = config.stages.autoencoder.segment.chunk_len
   num_bytes = sum(len(t) for t in corpus.split_texts(data, data.eval_split))
   assert result['bytes_per_token'] == pytest.approx(num_bytes /
                                                     (num_bytes + 1))
   assert result['bytes_per_concept'] == pytest.approx(
-      num_bytes / -(-(num_bytes + 1) // 4))
+      num_bytes / -(-(num_bytes + 1) // K))
   assert result['concept_bytes_per_s'] == pytest.approx(
       result['concept_steps_per_s'] * result['bytes_per_concept'])
   assert result['ratio'] == pytest.approx(
