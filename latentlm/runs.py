@@ -1,6 +1,7 @@
 """Loading a trained run from its workdir, for evaluate, generate and stage 2."""
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -27,11 +28,19 @@ def load(workdir_path: str, devices=None) -> Run:
   of this process's, which every process of a multi-host run can address).
 
   A run saved on any mesh restores here: the restore target carries this
-  mesh's shardings.
+  mesh's shardings. A pipeline's workdir (the main job's) stands for its
+  last stage, so evaluate and generate take the directory the job printed.
   """
   from latentlm import train  # pylint: disable=g-import-not-at-top
   workdir = workdir_lib.Workdir(workdir_path)
   config = workdir.load_config()
+  if config.get('task') == 'pipeline':
+    stage = train.PIPELINE_STAGES[-1]
+    stage_path = os.path.join(workdir.path, stage)
+    if not workdir_lib.Workdir(stage_path).exists():
+      raise UserError(f'{workdir.path} is a pipeline whose {stage} stage has '
+                      'not started; rerun python -m latentlm.train on it')
+    return load(stage_path, devices)
   devices = devices or jax.local_devices()[:1]
   with config.unlocked():
     config.mesh = ml_collections.ConfigDict(

@@ -1,8 +1,13 @@
 """The README's main job (configs/shakespeare.py), both stages, shrunk."""
 
 import json
+import os
 
 import helpers
+import pytest
+
+from latentlm import runs
+from latentlm.errors import UserError
 
 
 def _stage_flags(stage: str, data_dir: str, num_steps: int) -> list[str]:
@@ -38,3 +43,14 @@ def test_main_job_trains_both_stages_then_samples_and_resumes(tmp_path):
   resumed = helpers.last_json_line(again.stdout)
   assert {k: v for k, v in resumed.items() if k != 'minutes'} == {
       k: v for k, v in summary.items() if k != 'minutes'}
+
+  # evaluate and generate read the job's directory as its concept LM.
+  run = runs.load(workdir)
+  assert run.config.task == 'concept_lm' and run.step == 3
+
+
+def test_pipeline_workdir_before_stage_two_is_a_clear_error(tmp_path):
+  os.makedirs(tmp_path / 'autoencoder')
+  (tmp_path / 'config.json').write_text(json.dumps({'task': 'pipeline'}))
+  with pytest.raises(UserError, match='concept_lm stage has not started'):
+    runs.load(str(tmp_path))
