@@ -1,7 +1,6 @@
 """Loading a trained run from its workdir, for evaluate, generate and stage 2."""
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -36,7 +35,7 @@ def load(workdir_path: str, devices=None) -> Run:
   config = workdir.load_config()
   if config.get('task') == 'pipeline':
     stage = train.PIPELINE_STAGES[-1]
-    stage_path = os.path.join(workdir.path, stage)
+    stage_path = train.pipeline_stage_path(workdir.path, stage)
     if not workdir_lib.Workdir(stage_path).exists():
       raise UserError(f'{workdir.path} is a pipeline whose {stage} stage has '
                       'not started; rerun python -m latentlm.train on it')

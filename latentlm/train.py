@@ -296,6 +296,11 @@ def write_samples(config, task, trainer, state, workdir, num_samples=3):
 PIPELINE_STAGES = ('autoencoder', 'concept_lm')  # in order; config.stages.*
 
 
+def pipeline_stage_path(pipeline_path: str, name: str) -> str:
+  """Where a pipeline's stage `name` keeps its own workdir."""
+  return os.path.join(pipeline_path, name)
+
+
 def _finished_eval(config, workdir) -> dict | None:
   """The final eval metrics of a finished run in `workdir`, else None."""
   if not os.path.exists(workdir.samples_path):  # written last by train()
@@ -328,9 +333,10 @@ def train_pipeline(config, workdir_path: str) -> dict:
   for i, name in enumerate(PIPELINE_STAGES):
     stage_config = config.stages[name].copy_and_resolve_references()
     if name == 'concept_lm':
-      stage_config.autoencoder_workdir = os.path.join(workdir.path,
-                                                    'autoencoder')
-    stage_workdir = workdir_lib.Workdir(os.path.join(workdir.path, name))
+      stage_config.autoencoder_workdir = pipeline_stage_path(workdir.path,
+                                                             'autoencoder')
+    stage_workdir = workdir_lib.Workdir(pipeline_stage_path(workdir.path,
+                                                            name))
     eval_metrics = _finished_eval(stage_config, stage_workdir)
     if eval_metrics is None:
       print(f'stage {i + 1}/{len(PIPELINE_STAGES)}: {name} -> '
