@@ -54,13 +54,13 @@ class TokenSampler:
     self.task, self.params = task, params
     self.cfg = task.model_config
     self.window = self.cfg.max_len
+    # Passed as one list, flattened once (concept_generate.on_leaves).
+    self.weights, weights_def = jax.tree.flatten((params,))
 
     def forward(params, tokens_BxL, cache):
       logits_BxLxV, cache = task.model.apply({'params': params}, tokens_BxL,
                                              cache=cache)
       return logits_BxLxV[:, -1], cache
-
-    self._forward = jax.jit(forward)
 
     def sample(logits_BxV, rng, i, temperature, top_p):
       return sample_logits(logits_BxV, jax.random.fold_in(rng, i),
@@ -73,11 +73,13 @@ class TokenSampler:
       return (tokens_B, *forward(params, tokens_B[:, None], cache))
 
     self._sample = jax.jit(sample, static_argnums=(3, 4))
-    self._step = jax.jit(step, static_argnums=(5, 6))
+    self._forward = jax.jit(concept_generate.on_leaves(forward, weights_def))
+    self._step = jax.jit(concept_generate.on_leaves(step, weights_def),
+                         static_argnums=(5, 6))
 
   def _prefill(self, tokens_BxL):
     cache = transformer.init_cache(self.cfg, tokens_BxL.shape[0], self.window)
-    return self._forward(self.params, jnp.asarray(tokens_BxL), cache)
+    return self._forward(self.weights, jnp.asarray(tokens_BxL), cache)
 
   def stream(self, prompt_BxL: np.ndarray, rng, max_new: int,
              temperature: float, top_p: float):
@@ -92,7 +94,7 @@ class TokenSampler:
     for i in range(max_new):
       if cached < self.window:
         tokens_B, logits_BxV, cache = self._step(
-            self.params, logits_BxV, cache, rng, i, temperature, top_p)
+            self.weights, logits_BxV, cache, rng, i, temperature, top_p)
         tokens_B = np.asarray(tokens_B)
         history.append(tokens_B[:, None])
         cached += 1
