@@ -145,6 +145,27 @@ def test_train_loop_peak_is_the_chip_table_on_tpu_else_a_matmul():
   assert 1e8 < train.peak_flops_per_s(jax.devices()) < 1e14  # CPU FLOP/s
 
 
+def test_bench_generate_streams_take_turns(monkeypatch):
+  # Turns of GENERATE_TURN steps, every stream to its end, one untimed pass
+  # then GENERATE_REPEATS timed ones, each from a fresh stream.
+  monkeypatch.setattr(bench, 'GENERATE_TURN', 2)
+  monkeypatch.setattr(bench, 'GENERATE_REPEATS', 2)
+  order = []
+
+  def stream(name):
+    def make_stream(num_steps):
+      order.append(f'{name}:new')
+      for i in range(num_steps):
+        order.append(f'{name}{i}')
+        yield i
+    return make_stream
+  rates = bench._quietest_steps_per_s([stream('a'), stream('b')], 5)
+  one_pass = ['a:new', 'a0', 'a1', 'b:new', 'b0', 'b1', 'a2', 'a3', 'b2', 'b3',
+              'a4', 'b4']
+  assert order == one_pass * 3
+  assert len(rates) == 2 and all(rate > 0 for rate in rates)
+
+
 def test_bench_generate_reports_consistent_numbers(tmp_path, monkeypatch):
   import os  # pylint: disable=g-import-not-at-top
   from latentlm.data import corpus  # pylint: disable=g-import-not-at-top
