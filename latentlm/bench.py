@@ -304,9 +304,10 @@ def bench_generate(config, config_dir: str) -> dict:
   """Batch-1 KV-cached sampling of both models with untrained weights.
 
   Each model runs the same number of steps (see GENERATE_WINDOWS) whatever
-  it emits (no stop at EOS), so speed does not depend on weights; bytes/s multiply steps/s by the mean
-  bytes of a unit of the eval split (a concept of the stage-1 segmentation,
-  a token). Target: ratio >= 0.8 * bytes_per_concept / bytes_per_token.
+  it emits (no stop at EOS), so speed does not depend on weights; bytes/s
+  multiply steps/s by the mean bytes of a unit of the eval split (a concept
+  of the stage-1 segmentation, a token). Target: ratio >= 0.8 *
+  bytes_per_concept / bytes_per_token.
   """
   if config.task == 'pipeline':  # no trained stage 1 needed
     concept_config = config.stages.concept_lm

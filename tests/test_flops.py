@@ -145,25 +145,33 @@ def test_train_loop_peak_is_the_chip_table_on_tpu_else_a_matmul():
   assert 1e8 < train.peak_flops_per_s(jax.devices()) < 1e14  # CPU FLOP/s
 
 
-def test_bench_generate_streams_take_turns(monkeypatch):
+def test_bench_generate_streams_take_turns_and_the_quietest_pass_counts(
+    monkeypatch):
   # Turns of GENERATE_TURN steps, every stream to its end, one untimed pass
-  # then GENERATE_REPEATS timed ones, each from a fresh stream.
+  # then GENERATE_REPEATS timed ones, each from fresh streams. A fake clock
+  # gives each pass its seconds a step per stream: the rates are those of
+  # the pass with the least total (the third), not each stream's best.
   monkeypatch.setattr(bench, 'GENERATE_TURN', 2)
-  monkeypatch.setattr(bench, 'GENERATE_REPEATS', 2)
-  order = []
+  monkeypatch.setattr(bench, 'GENERATE_REPEATS', 3)
+  seconds_a_step = [{'a': 9, 'b': 9}, {'a': 2, 'b': 2}, {'a': 0.5, 'b': 3},
+                    {'a': 1, 'b': 1}]
+  clock, order = [0.0], []
+  monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
 
   def stream(name):
     def make_stream(num_steps):
+      pass_index = sum(step == f'{name}:new' for step in order)
       order.append(f'{name}:new')
       for i in range(num_steps):
+        clock[0] += seconds_a_step[pass_index][name]
         order.append(f'{name}{i}')
         yield i
     return make_stream
   rates = bench._quietest_steps_per_s([stream('a'), stream('b')], 5)
   one_pass = ['a:new', 'a0', 'a1', 'b:new', 'b0', 'b1', 'a2', 'a3', 'b2', 'b3',
               'a4', 'b4']
-  assert order == one_pass * 3
-  assert len(rates) == 2 and all(rate > 0 for rate in rates)
+  assert order == one_pass * 4
+  assert rates == [1.0, 1.0]
 
 
 def test_bench_generate_reports_consistent_numbers(tmp_path, monkeypatch):
