@@ -51,10 +51,11 @@ class TokenSampler:
   """KV-cached sampling from a token LM task's model."""
 
   def __init__(self, task, params):
-    self.task, self.params = task, params
+    self.task = task
     self.cfg = task.model_config
     self.window = self.cfg.max_len
-    # Passed as one list, flattened once (concept_generate.on_leaves).
+    # The params, passed as one list, flattened once
+    # (concept_generate.on_leaves).
     self.weights, weights_def = jax.tree.flatten((params,))
 
     def forward(params, tokens_BxL, cache):

@@ -25,8 +25,8 @@ class FlowHead(base.GuidedHead):
   0.5 times the last step's, Euler on the first, so S steps cost S
   velocities, at Euler's times. On the main job, Heun with 5 steps (9
   velocities) sampled better words than Euler with 10 at four bytes per
-  concept, and as good at two; Adams-Bashforth with 5 as good as Heun with 5,
-  at 5 velocities instead of 9 (README).
+  concept, and as good at two; Adams-Bashforth with 5 or 6 as good as Heun
+  with 5, at 5 or 6 velocities instead of 9 (the job takes 6; README).
 
   time_sampling: the training t. 'logit_normal', sigmoid of N(0, 1) (SD3),
   spends the training on the middle of the path, where the velocity depends
