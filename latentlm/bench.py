@@ -245,7 +245,8 @@ def concept_step_parts_ms(sampler, rng, repeats=50) -> dict:
                                  task.model_config.max_len)
   chunk_1x1xK = np.full((1, 1, task.chunk_len), task.pad_id, np.int32)
   head = jax.jit(lambda params, h_1xD, rng: task.model.apply(
-      {'params': params}, h_1xD, rng, 1.0, method='sample'))
+      {'params': params}, h_1xD, rng, 1.0, sampler.constants,
+      method='sample'))
   decoder = jax.jit(task.decode)
   h_1xD, _ = sampler.feed(chunk_1x1xK, cache)
   z_1xZ = head(params, h_1xD, rng)
@@ -265,7 +266,7 @@ def headless_sampler(task, params, frozen):
   def step(weights, chunks_Bx1xK, cache, rng, i, temperature):
     del rng, i, temperature
     h_BxD, cache = forward(weights, chunks_Bx1xK, cache)
-    _, frozen = jax.tree.unflatten(sampler.weights_def, weights)
+    _, frozen, _ = jax.tree.unflatten(sampler.weights_def, weights)
     z_BxZ = jnp.broadcast_to(h_BxD.mean(-1, keepdims=True),
                              (h_BxD.shape[0], task.latent_dim))
     return z_BxZ, task.decode(frozen, z_BxZ), cache

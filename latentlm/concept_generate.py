@@ -81,35 +81,48 @@ def on_leaves(fn, trees_def):
 
 
 @functools.cache
+def _sample_constants_fn(task):
+  """Jitted: params -> the head's sample_constants."""
+  return jax.jit(lambda params: task.model.apply({'params': params},
+                                                 method='sample_constants'))
+
+
+@functools.cache
 def _compiled(task, weights_def, num_candidates=1):
   """The jitted model calls of `task`, shared by its samplers; they take
-  (params, frozen) as the list of their leaves (see on_leaves)."""
+  (params, frozen, the head's sample constants) as the list of their leaves
+  (see on_leaves)."""
 
   def forward(params, frozen, chunks_BxLxK, cache):
     inputs = task.model_inputs(frozen, chunks_BxLxK)
     h_BxLxD, cache = task.model.apply({'params': params}, inputs, cache=cache)
     return h_BxLxD[:, -1], cache
 
-  def step(params, frozen, chunks_Bx1xK, cache, rng, i, temperature):
+  def feed(params, frozen, constants, chunks_BxLxK, cache):
+    del constants  # the head's: feeding the backbone needs none
+    return forward(params, frozen, chunks_BxLxK, cache)
+
+  def step(params, frozen, constants, chunks_Bx1xK, cache, rng, i,
+           temperature):
     """Feeds one chunk per row; samples and decodes the next one with
     fold_in(rng, i) (folded here: one dispatch a step, not two)."""
     rng = jax.random.fold_in(rng, i)
     h_BxD, cache = forward(params, frozen, chunks_Bx1xK, cache)
     if num_candidates == 1:
       z_BxZ = task.model.apply({'params': params}, h_BxD, rng, temperature,
-                               method='sample')
+                               constants, method='sample')
       return z_BxZ, task.decode(frozen, z_BxZ), cache
     sample_rng, choose_rng = jax.random.split(rng)
     B, C = h_BxD.shape[0], num_candidates
     z_NxZ = task.model.apply({'params': params}, jnp.repeat(h_BxD, C, axis=0),
-                             sample_rng, 1.0, method='sample')
+                             sample_rng, 1.0, constants, method='sample')
     chunks_BxCxK = task.decode(frozen, z_NxZ).reshape(B, C, -1)
     index_B = choose_by_frequency(chunks_BxCxK, choose_rng, temperature)
     rows_B = jnp.arange(B)
     return (z_NxZ.reshape(B, C, -1)[rows_B, index_B],
             chunks_BxCxK[rows_B, index_B], cache)
 
-  return (jax.jit(on_leaves(forward, weights_def)),
+  return (jax.jit(on_leaves(feed, weights_def)),
           jax.jit(on_leaves(step, weights_def)))
 
 
@@ -125,7 +138,11 @@ class ConceptSampler:
       raise UserError(f'num_candidates={num_candidates} must be at least 1')
     self.task, self.params, self.frozen = task, params, frozen
     self.window = task.model_config.max_len
-    self.weights, self.weights_def = jax.tree.flatten((params, frozen))
+    # Computed once here rather than in every step (see the heads'
+    # sample_constants).
+    self.constants = _sample_constants_fn(task)(params)
+    self.weights, self.weights_def = jax.tree.flatten(
+        (params, frozen, self.constants))
     # Jitted, public so that a benchmark can swap the step (bench.py).
     # feed_fn(weights, chunks_BxLxK, cache) -> (h_BxD, cache);
     # step_fn(weights, chunks_Bx1xK, cache, rng, i, temperature)

@@ -18,6 +18,7 @@ import pytest
 from latentlm import sharding
 from latentlm.errors import UserError
 from latentlm.models import heads
+from latentlm.models.heads import base
 
 MODES = np.array([[-2.0, 0.0], [2.0, 0.0]], np.float32)
 P_RIGHT = 0.7
@@ -178,9 +179,16 @@ def test_flow_sample_is_solver_steps_over_the_velocity(num_steps,
       step_v_Nx2 = 1.5 * v_Nx2 - 0.5 * last_v_Nx2
     x_Nx2 = x_Nx2 + dt * step_v_Nx2
     last_v_Nx2 = v_Nx2
-  chex.assert_trees_all_close(
-      head.apply(params, h_Nx3, key, temperature, method='sample'), x_Nx2,
-      atol=1e-4)
+  for constants in _with_and_without_sample_constants(head, params):
+    chex.assert_trees_all_close(
+        head.apply(params, h_Nx3, key, temperature, constants,
+                   method='sample'), x_Nx2, atol=1e-4)
+
+
+def _with_and_without_sample_constants(head, params):
+  """None (the head computes its constants) and the constants a sampler
+  precomputes once (ConceptSampler): both must sample the same."""
+  return None, head.apply(params, method='sample_constants')
 
 
 def test_flow_heun_and_ab2_converge_at_second_order():
@@ -252,9 +260,10 @@ def test_diffusion_sample_is_ddim_steps_over_the_denoiser(guidance_scale):
     x_Nx2 = (np.sqrt(alpha_bar_next) * x0_Nx2 +
              np.sqrt(1 - alpha_bar_next) * eps_Nx2)
   # Guidance and 1/sqrt(1 - alpha_bar) amplify float32 rounding (~1e-4).
-  chex.assert_trees_all_close(
-      head.apply(params, h_Nx3, key, temperature, method='sample'), x_Nx2,
-      atol=2e-3, rtol=2e-3)
+  for constants in _with_and_without_sample_constants(head, params):
+    chex.assert_trees_all_close(
+        head.apply(params, h_Nx3, key, temperature, constants,
+                   method='sample'), x_Nx2, atol=2e-3, rtol=2e-3)
 
 
 def test_gmm_zero_temperature_is_the_top_component_mean():
@@ -381,6 +390,17 @@ def _mesh():
 
 def _rules():
   return sharding.logical_rules(('embed=fsdp', 'mlp=tensor', 'latent='))
+
+
+def test_trunk_norm_is_layer_norm_without_scale_or_bias():
+  # One reduction for both moments; a constant row has variance 0.
+  x_3xH = np.random.default_rng(8).normal(3.0, 2.0, (3, 64)).astype(
+      np.float32)
+  x_3xH[1] = 5.0
+  expected_3xH = nn.LayerNorm(use_scale=False, use_bias=False).apply(
+      {}, x_3xH)
+  chex.assert_trees_all_close(base.norm(x_3xH), expected_3xH, atol=1e-6)
+  chex.assert_trees_all_equal(base.norm(x_3xH)[1], np.zeros(64, np.float32))
 
 
 def test_sharded_loss_matches_unsharded():

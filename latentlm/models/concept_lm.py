@@ -66,9 +66,16 @@ class ConceptLM(nn.Module):
     """The head's per-position loss against M target samples: N."""
     return self.head.loss(h_NxD, z_NxMxZ, rng)
 
-  def sample(self, h_NxD, rng, temperature):
-    """One next latent per position from the head: N x Z."""
-    return self.head.sample(h_NxD, rng, temperature)
+  def sample(self, h_NxD, rng, temperature, constants=None):
+    """One next latent per position from the head: N x Z. `constants`: the
+    head's sample_constants, when a sampler keeps them."""
+    if constants is None:
+      return self.head.sample(h_NxD, rng, temperature)
+    return self.head.sample(h_NxD, rng, temperature, constants)
+
+  def sample_constants(self):
+    """The head's sample_constants (None for a head without any)."""
+    return self.head.sample_constants()
 
   def next_token_logits(self, h_NxD):
     """float32 logits_NxKxV of the next chunk's tokens, read off h."""

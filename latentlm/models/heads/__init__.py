@@ -6,6 +6,11 @@ Every head is a Linen module used through `module.apply(..., method=...)`:
                                          M >= 1 target samples (heads that
                                          score one target average over M)
   sample(h_NxD, rng, temperature) -> z_NxZ
+  sample_constants() -> what sample needs that depends on the params alone
+                        (None for most heads); a sampler that samples many
+                        times computes it once and passes it as sample's
+                        `constants` (flow, diffusion: the step times'
+                        embedding and the null condition's modulations)
 
 Initialise with `method='loss'`: it creates every parameter `sample` uses.
 

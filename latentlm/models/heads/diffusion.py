@@ -43,13 +43,15 @@ class DiffusionHead(base.GuidedHead):
     pred_NxMxZ = self.denoise(xt_NxMxZ, h_NxD[:, None], t_NxM, drop_NxM)
     return jnp.mean(jnp.square(pred_NxMxZ - x0_NxMxZ), axis=(1, 2))
 
-  def sample(self, h_NxD, rng, temperature=1.0):
+  def step_times(self):
+    return 1.0 - jnp.arange(self.sample_steps) / self.sample_steps
+
+  def sample(self, h_NxD, rng, temperature=1.0, constants=None):
     base.check_temperature(temperature)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
     # The steps' times are known: condition all of them at once (see Trunk).
-    t_S = 1.0 - jnp.arange(self.sample_steps) / self.sample_steps
-    modulations_S = self.guided_step_modulations(h_NxD, t_S)
+    modulations_S = self.guided_step_modulations(h_NxD, constants)
 
     def ddim(mdl, i, x_NxZ):
       t = 1.0 - i / self.sample_steps

@@ -60,7 +60,10 @@ class FlowHead(base.GuidedHead):
     v_NxMxZ = self.velocity(xt_NxMxZ, h_NxD[:, None], t_NxM, drop_NxM)
     return jnp.mean(jnp.square(v_NxMxZ - (x1_NxMxZ - x0_NxMxZ)), axis=(1, 2))
 
-  def sample(self, h_NxD, rng, temperature=1.0):
+  def step_times(self):
+    return jnp.arange(self.num_steps) * (1.0 / self.num_steps)
+
+  def sample(self, h_NxD, rng, temperature=1.0, constants=None):
     base.check_temperature(temperature)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
@@ -68,7 +71,7 @@ class FlowHead(base.GuidedHead):
     # The steps' times are known: condition all of them at once (see Trunk).
     # Heun's second velocity of step i is at step i + 1's time, and its last
     # step is Euler's, so the same S times serve every solver.
-    modulations_S = self.guided_step_modulations(h_NxD, jnp.arange(S) * dt)
+    modulations_S = self.guided_step_modulations(h_NxD, constants)
 
     def velocity(mdl, i, x_NxZ):
       return mdl.guided_out_at_step(modulations_S, i, x_NxZ)
