@@ -263,9 +263,9 @@ def headless_sampler(task, params, frozen):
   sampler = concept_generate.ConceptSampler(task, params, frozen)
   forward = sampler.feed_fn
 
-  def step(weights, chunks_Bx1xK, cache, rng, i, temperature):
+  def step(weights, chunks_BxK, cache, rng, i, temperature):
     del rng, i, temperature
-    h_BxD, cache = forward(weights, chunks_Bx1xK, cache)
+    h_BxD, cache = forward(weights, chunks_BxK[:, None], cache)
     _, frozen, _ = jax.tree.unflatten(sampler.weights_def, weights)
     z_BxZ = jnp.broadcast_to(h_BxD.mean(-1, keepdims=True),
                              (h_BxD.shape[0], task.latent_dim))

@@ -86,28 +86,41 @@ class TokenSampler:
              temperature: float, top_p: float):
     """Yields the next token of every row, max_new times (EOS included).
 
-    Step i samples with fold_in(rng, i).
+    Step i samples with fold_in(rng, i). Step i + 1 is dispatched before
+    step i's tokens are read, as in the concept LM's stream (its input, the
+    logits, stays on the device).
     """
     context_BxL = prompt_BxL[:, -(self.window // 2):]
     logits_BxV, cache = self._prefill(context_BxL)
     history = [context_BxL]
     cached = context_BxL.shape[1]  # counted here: no device sync a step
+    unread = None  # the last step's tokens, still on the device
+
+    def read(tokens_B):
+      tokens_B = np.asarray(tokens_B)
+      history.append(tokens_B[:, None])
+      return tokens_B
+
     for i in range(max_new):
       if cached < self.window:
         tokens_B, logits_BxV, cache = self._step(
             self.weights, logits_BxV, cache, rng, i, temperature, top_p)
-        tokens_B = np.asarray(tokens_B)
-        history.append(tokens_B[:, None])
         cached += 1
+        if unread is not None:
+          yield read(unread)
+        unread = tokens_B
       else:  # no room for the new tokens: refill with them
-        tokens_B = np.asarray(self._sample(logits_BxV, rng, i, temperature,
-                                           top_p))
-        history.append(tokens_B[:, None])
+        if unread is not None:
+          yield read(unread)
+          unread = None
+        tokens_B = read(self._sample(logits_BxV, rng, i, temperature, top_p))
         recent_BxL = np.concatenate(history, axis=1)[:, -(self.window // 2):]
-        history = [recent_BxL]
+        history[:] = [recent_BxL]
         logits_BxV, cache = self._prefill(recent_BxL)
         cached = recent_BxL.shape[1]
-      yield tokens_B
+        yield tokens_B
+    if unread is not None:
+      yield read(unread)
 
 
 def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,

@@ -287,6 +287,25 @@ def test_stream_past_a_full_window_equals_recomputing_what_it_holds():
     window_BxLxK = np.concatenate([window_BxLxK, chunks_BxK[:, None]], 1)
 
 
+def test_stream_dispatches_each_step_before_yielding_the_last():
+  # So that the host's work of a step overlaps the device's; a caller that
+  # stops early leaves one step unread, not more.
+  task, params, frozen = _model('tokens')
+  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  dispatched = []
+  step_fn = sampler.step_fn
+  sampler.step_fn = lambda *args: dispatched.append(args[4]) or step_fn(*args)
+  stream = sampler.stream(_random_chunks(np.random.default_rng(3), (1, 2)),
+                          jax.random.key(4), 3, 1.0)
+  for expected in ([0, 1], [0, 1, 2], [0, 1, 2], None):
+    if expected is None:
+      with pytest.raises(StopIteration):
+        next(stream)
+    else:
+      next(stream)
+      assert dispatched == expected
+
+
 def test_next_chunks_of_one_shared_context_equal_a_stream_of_copies():
   task, params, frozen = _model('tokens')
   sampler = concept_generate.ConceptSampler(task, params, frozen)

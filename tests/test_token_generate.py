@@ -42,3 +42,15 @@ def test_stream_equals_sampling_from_the_full_context_across_refills():
     if context_BxL.shape[1] > WINDOW:
       context_BxL = context_BxL[:, -(WINDOW // 2):]
   assert len(np.unique(streamed_SxB)) > 2  # it samples, it does not stall
+
+
+def test_stream_dispatches_each_step_before_yielding_the_last():
+  _, _, sampler = _sampler()
+  dispatched = []
+  step = sampler._step  # pylint: disable=protected-access
+  sampler._step = lambda *args: dispatched.append(args[4]) or step(*args)
+  stream = sampler.stream(np.array([[1, 2]], np.int32), jax.random.key(1), 3,
+                          1.0, 0.9)
+  next(stream)
+  assert dispatched == [0, 1]
+  assert len(list(stream)) == 2 and dispatched == [0, 1, 2]
