@@ -202,10 +202,11 @@ class Head(nn.Module):
     to compute once and pass to every `sample`; None: nothing."""
     return None
 
-  def out_at_step(self, modulations_S, i, x_NxZ):
-    """The network's output for x at step i (traced) of modulations_S."""
+  def out_at_step(self, modulations_S, i, x_NxZ=None, start_NxH=None):
+    """The network's output at step i (traced) of modulations_S, for x or
+    for a stream start (see Trunk.stream)."""
     modulations = jax.tree.map(lambda m_SxNxH: m_SxNxH[i], modulations_S)
-    return self.out(self.trunk.stream(modulations, x_NxZ))
+    return self.out(self.trunk.stream(modulations, x_NxZ, start_NxH))
 
 
 class GuidedHead(Head):
@@ -274,8 +275,7 @@ class GuidedHead(Head):
     # Both conditions start from the same x: project it once (at batch 1,
     # 2-4% of a generation step against projecting both copies).
     x_NxH = self.trunk.project(x_NxZ)
-    modulations = jax.tree.map(lambda m_SxNxH: m_SxNxH[i], modulations_S)
-    out_2NxZ = self.out(self.trunk.stream(
-        modulations, start_NxH=jnp.concatenate([x_NxH, x_NxH])))
+    out_2NxZ = self.out_at_step(modulations_S, i,
+                                start_NxH=jnp.concatenate([x_NxH, x_NxH]))
     cond_NxZ, uncond_NxZ = jnp.split(out_2NxZ, 2)
     return uncond_NxZ + self.guidance_scale * (cond_NxZ - uncond_NxZ)
