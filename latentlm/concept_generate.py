@@ -81,21 +81,22 @@ def on_leaves(fn, trees_def):
 
 
 @functools.cache
-def _sample_constants_fn(task):
+def _sample_constants_fn(model):
   """Jitted: params -> the head's sample_constants."""
-  return jax.jit(lambda params: task.model.apply({'params': params},
-                                                 method='sample_constants'))
+  return jax.jit(lambda params: model.apply({'params': params},
+                                            method='sample_constants'))
 
 
 @functools.cache
-def _compiled(task, weights_def, num_candidates=1):
-  """The jitted model calls of `task`, shared by its samplers; they take
-  (params, frozen, the head's sample constants) as the list of their leaves
-  (see on_leaves)."""
+def _compiled(task, model, weights_def, num_candidates=1):
+  """The jitted calls of `model` (task.model or its unrolled_layers
+  version), shared by the samplers of `task`; they take (params, frozen, the
+  head's sample constants) as the list of their leaves (see on_leaves). The
+  step donates its cache: updated in place, not copied a step."""
 
   def forward(params, frozen, chunks_BxLxK, cache):
     inputs = task.model_inputs(frozen, chunks_BxLxK)
-    h_BxLxD, cache = task.model.apply({'params': params}, inputs, cache=cache)
+    h_BxLxD, cache = model.apply({'params': params}, inputs, cache=cache)
     return h_BxLxD[:, -1], cache
 
   def feed(params, frozen, constants, chunks_BxLxK, cache):
@@ -109,13 +110,13 @@ def _compiled(task, weights_def, num_candidates=1):
     rng = jax.random.fold_in(rng, i)
     h_BxD, cache = forward(params, frozen, chunks_BxK[:, None], cache)
     if num_candidates == 1:
-      z_BxZ = task.model.apply({'params': params}, h_BxD, rng, temperature,
-                               constants, method='sample')
+      z_BxZ = model.apply({'params': params}, h_BxD, rng, temperature,
+                          constants, method='sample')
       return z_BxZ, task.decode(frozen, z_BxZ), cache
     sample_rng, choose_rng = jax.random.split(rng)
     B, C = h_BxD.shape[0], num_candidates
-    z_NxZ = task.model.apply({'params': params}, jnp.repeat(h_BxD, C, axis=0),
-                             sample_rng, 1.0, constants, method='sample')
+    z_NxZ = model.apply({'params': params}, jnp.repeat(h_BxD, C, axis=0),
+                        sample_rng, 1.0, constants, method='sample')
     chunks_BxCxK = task.decode(frozen, z_NxZ).reshape(B, C, -1)
     index_B = choose_by_frequency(chunks_BxCxK, choose_rng, temperature)
     rows_B = jnp.arange(B)
@@ -123,7 +124,7 @@ def _compiled(task, weights_def, num_candidates=1):
             chunks_BxCxK[rows_B, index_B], cache)
 
   return (jax.jit(on_leaves(feed, weights_def)),
-          jax.jit(on_leaves(step, weights_def)))
+          jax.jit(on_leaves(step, weights_def), donate_argnums=2))
 
 
 class ConceptSampler:
@@ -131,24 +132,33 @@ class ConceptSampler:
 
   `num_candidates` > 1 samples with CALM's likelihood-free temperature (see
   the module docstring); 1 passes the temperature to the head.
+  `unroll_layers` (default: on CPU) decodes with the layer scan unrolled
+  (transformer.unrolled_layers): the same samples, faster there.
   """
 
-  def __init__(self, task, params, frozen, num_candidates=1):
+  def __init__(self, task, params, frozen, num_candidates=1,
+               unroll_layers=None):
     if num_candidates < 1:
       raise UserError(f'num_candidates={num_candidates} must be at least 1')
+    if unroll_layers is None:
+      unroll_layers = transformer.decode_unrolled()
+    self.model = task.model
+    if unroll_layers:
+      self.model, params = transformer.unrolled_layers(task.model, params)
     self.task, self.params, self.frozen = task, params, frozen
     self.window = task.model_config.max_len
     # Computed once here rather than in every step (see the heads'
     # sample_constants).
-    self.constants = _sample_constants_fn(task)(params)
+    self.constants = _sample_constants_fn(self.model)(params)
     self.weights, self.weights_def = jax.tree.flatten(
         (params, frozen, self.constants))
     # Jitted, public so that a benchmark can swap the step (bench.py).
     # feed_fn(weights, chunks_BxLxK, cache) -> (h_BxD, cache);
     # step_fn(weights, chunks_BxK, cache, rng, i, temperature)
-    #   -> (z_BxZ, chunks_BxK, cache): its chunks are the next step's input.
-    self.feed_fn, self.step_fn = _compiled(task, self.weights_def,
-                                           num_candidates)
+    #   -> (z_BxZ, chunks_BxK, cache): its chunks are the next step's input;
+    #   the cache passed in is donated (deleted).
+    self.feed_fn, self.step_fn = _compiled(task, self.model,
+                                           self.weights_def, num_candidates)
 
   def feed(self, chunks_BxLxK, cache):
     """(h after the last chunk B x D, the cache with the chunks in it)."""

@@ -48,19 +48,26 @@ def sample_logits(logits_BxV, rng, temperature: float, top_p: float):
 
 
 class TokenSampler:
-  """KV-cached sampling from a token LM task's model."""
+  """KV-cached sampling from a token LM task's model. `unroll_layers`
+  (default: on CPU) decodes with the layer scan unrolled
+  (transformer.unrolled_layers): the same samples, faster there."""
 
-  def __init__(self, task, params):
+  def __init__(self, task, params, unroll_layers=None):
     self.task = task
     self.cfg = task.model_config
     self.window = self.cfg.max_len
+    if unroll_layers is None:
+      unroll_layers = transformer.decode_unrolled()
+    model = task.model
+    if unroll_layers:
+      model, params = transformer.unrolled_layers(task.model, params)
     # The params, passed as one list, flattened once
     # (concept_generate.on_leaves).
     self.weights, weights_def = jax.tree.flatten((params,))
 
     def forward(params, tokens_BxL, cache):
-      logits_BxLxV, cache = task.model.apply({'params': params}, tokens_BxL,
-                                             cache=cache)
+      logits_BxLxV, cache = model.apply({'params': params}, tokens_BxL,
+                                        cache=cache)
       return logits_BxLxV[:, -1], cache
 
     def sample(logits_BxV, rng, i, temperature, top_p):
@@ -69,14 +76,14 @@ class TokenSampler:
 
     def step(params, logits_BxV, cache, rng, i, temperature, top_p):
       """Samples the next tokens and feeds them back: one dispatch a step,
-      as a concept LM's step is."""
+      as a concept LM's step is. The cache is donated: updated in place."""
       tokens_B = sample(logits_BxV, rng, i, temperature, top_p)
       return (tokens_B, *forward(params, tokens_B[:, None], cache))
 
     self._sample = jax.jit(sample, static_argnums=(3, 4))
     self._forward = jax.jit(concept_generate.on_leaves(forward, weights_def))
     self._step = jax.jit(concept_generate.on_leaves(step, weights_def),
-                         static_argnums=(5, 6))
+                         static_argnums=(5, 6), donate_argnums=2)
 
   def _prefill(self, tokens_BxL):
     cache = transformer.init_cache(self.cfg, tokens_BxL.shape[0], self.window)

@@ -287,6 +287,18 @@ def test_stream_past_a_full_window_equals_recomputing_what_it_holds():
     window_BxLxK = np.concatenate([window_BxLxK, chunks_BxK[:, None]], 1)
 
 
+def test_stream_is_the_same_with_the_layer_scan_unrolled_or_not():
+  task, params, frozen = _model('tokens')
+  assert task.model_config.scan_layers  # the sampler unrolls it on CPU
+  context = _random_chunks(np.random.default_rng(3), (2, 3))
+  streams = [list(concept_generate.ConceptSampler(
+      task, params, frozen, unroll_layers=unroll).stream(
+          context, jax.random.key(4), S + 2, 1.0)) for unroll in (True, False)]
+  for (z_BxZ, chunks_BxK), (expected_z, expected_chunks) in zip(*streams):
+    np.testing.assert_allclose(z_BxZ, expected_z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(chunks_BxK, expected_chunks)
+
+
 def test_stream_dispatches_each_step_before_yielding_the_last():
   # So that the host's work of a step overlaps the device's; a caller that
   # stops early leaves one step unread, not more.

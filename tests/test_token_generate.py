@@ -11,13 +11,14 @@ from latentlm import tasks
 WINDOW = 8
 
 
-def _sampler():
+def _sampler(**kwargs):
   config = helpers.tiny_token_lm('unused')  # the byte tokenizer reads no data
   config.data.seq_len = WINDOW
   config.model.max_len = WINDOW
   task = tasks.get_task(config)
+  assert task.model_config.scan_layers  # the sampler unrolls it on CPU
   params, _ = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0)))
-  return task, params, generate.TokenSampler(task, params)
+  return task, params, generate.TokenSampler(task, params, **kwargs)
 
 
 def test_stream_equals_sampling_from_the_full_context_across_refills():
@@ -54,3 +55,10 @@ def test_stream_dispatches_each_step_before_yielding_the_last():
   next(stream)
   assert dispatched == [0, 1]
   assert len(list(stream)) == 2 and dispatched == [0, 1, 2]
+
+
+def test_stream_is_the_same_with_the_layer_scan_unrolled_or_not():
+  prompt_BxL = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+  streams = [np.stack(list(_sampler(unroll_layers=unroll)[2].stream(
+      prompt_BxL, jax.random.key(1), 12, 1.5, 0.9))) for unroll in (True, False)]
+  np.testing.assert_array_equal(*streams)

@@ -98,6 +98,36 @@ def test_cached_decoding_matches_the_full_forward_pass(scan_layers):
                               atol=1e-5, rtol=1e-5)
 
 
+def test_unrolled_layers_compute_the_scanned_stack_with_per_layer_params():
+  cfg = tiny_config()
+  model = TokenLM(cfg)
+  tokens_BxL = random_tokens(cfg, 2, 6)
+  params = init_params(model, tokens_BxL)
+  unrolled_model, unrolled = transformer.unrolled_layers(model, params)
+  assert not unrolled_model.cfg.scan_layers
+  layers = params['transformer']['layers']
+  for i in range(cfg.num_layers):
+    chex.assert_trees_all_equal(unrolled['transformer'][f'layers_{i}'],
+                                jax.tree.map(lambda x, i=i: x[i], layers))
+  assert 'layers' not in unrolled['transformer']
+  chex.assert_trees_all_equal(unrolled['embed'], params['embed'])
+
+  def decode(module, module_params):
+    cache = transformer.init_cache(cfg, batch_size=2, max_len=8)
+    prefill, cache = module.apply({'params': module_params},
+                                  tokens_BxL[:, :5], cache=cache)
+    step, cache = module.apply({'params': module_params}, tokens_BxL[:, 5:],
+                               cache=cache)
+    return prefill, step, cache
+
+  chex.assert_trees_all_close(jax.jit(decode, static_argnums=0)(
+      unrolled_model, unrolled), jax.jit(decode, static_argnums=0)(
+          model, params), atol=1e-6, rtol=1e-6)
+  # A model without the scan is already unrolled.
+  plain = TokenLM(tiny_config(scan_layers=False))
+  assert transformer.unrolled_layers(plain, unrolled) == (plain, unrolled)
+
+
 # ----------------------------------------------------------------- masking
 
 

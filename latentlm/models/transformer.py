@@ -99,6 +99,36 @@ def init_cache(cfg: TransformerConfig, batch_size: int,
                  index=jnp.zeros((), jnp.int32))
 
 
+def unrolled_layers(model: nn.Module, params):
+  """(model, params) computing the same function with the layer scan
+  unrolled: one param subtree per layer. `model` is a module with a
+  TransformerConfig `cfg` and its block stack at params['transformer'].
+
+  For decoding on CPU, where at every step a scanned stack copies each
+  layer's weights out of the stacked arrays (a dynamic slice feeding a
+  matmul): unrolled, a batch-1 `tiny` token LM steps 20% faster and the
+  concept LM 7-8%, with the same samples (README, generation speed). The
+  per-layer arrays are a second copy of the stack's weights while the caller
+  keeps the stacked ones.
+  """
+  cfg = model.cfg
+  if not cfg.scan_layers:
+    return model, params
+  stack = dict(params['transformer'])
+  layers = stack.pop('layers')
+  for i in range(cfg.num_layers):
+    stack[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], layers)
+  return (model.clone(cfg=dataclasses.replace(cfg, scan_layers=False)),
+          {**params, 'transformer': stack})
+
+
+def decode_unrolled() -> bool:
+  """Whether samplers unroll the layer scan by default: on CPU, where it was
+  measured to pay (unrolled_layers). On accelerators the stack stays scanned,
+  one copy of the weights."""
+  return jax.default_backend() == 'cpu'
+
+
 def param_count(params) -> int:
   """Number of scalars in a (possibly boxed or abstract) param tree."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
