@@ -140,11 +140,8 @@ class ConceptSampler:
                unroll_layers=None):
     if num_candidates < 1:
       raise UserError(f'num_candidates={num_candidates} must be at least 1')
-    if unroll_layers is None:
-      unroll_layers = transformer.decode_unrolled()
-    self.model = task.model
-    if unroll_layers:
-      self.model, params = transformer.unrolled_layers(task.model, params)
+    self.model, params = transformer.for_decoding(task.model, params,
+                                                  unroll_layers)
     self.task, self.params, self.frozen = task, params, frozen
     self.window = task.model_config.max_len
     # Computed once here rather than in every step (see the heads'

@@ -56,11 +56,8 @@ class TokenSampler:
     self.task = task
     self.cfg = task.model_config
     self.window = self.cfg.max_len
-    if unroll_layers is None:
-      unroll_layers = transformer.decode_unrolled()
-    model = task.model
-    if unroll_layers:
-      model, params = transformer.unrolled_layers(task.model, params)
+    model, params = transformer.for_decoding(task.model, params,
+                                             unroll_layers)
     # The params, passed as one list, flattened once
     # (concept_generate.on_leaves).
     self.weights, weights_def = jax.tree.flatten((params,))

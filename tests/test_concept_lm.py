@@ -291,10 +291,14 @@ def test_stream_is_the_same_with_the_layer_scan_unrolled_or_not():
   task, params, frozen = _model('tokens')
   assert task.model_config.scan_layers  # the sampler unrolls it on CPU
   context = _random_chunks(np.random.default_rng(3), (2, 3))
-  streams = [list(concept_generate.ConceptSampler(
-      task, params, frozen, unroll_layers=unroll).stream(
-          context, jax.random.key(4), S + 2, 1.0)) for unroll in (True, False)]
-  for (z_BxZ, chunks_BxK), (expected_z, expected_chunks) in zip(*streams):
+  unrolled, scanned = (
+      list(concept_generate.ConceptSampler(
+          task, params, frozen, unroll_layers=unroll).stream(
+              context, jax.random.key(4), S + 2, 1.0))
+      for unroll in (True, False))
+  assert len(unrolled) == len(scanned) == S + 2
+  for (z_BxZ, chunks_BxK), (expected_z, expected_chunks) in zip(unrolled,
+                                                                scanned):
     np.testing.assert_allclose(z_BxZ, expected_z, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(chunks_BxK, expected_chunks)
 

@@ -59,6 +59,8 @@ def test_stream_dispatches_each_step_before_yielding_the_last():
 
 def test_stream_is_the_same_with_the_layer_scan_unrolled_or_not():
   prompt_BxL = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
-  streams = [np.stack(list(_sampler(unroll_layers=unroll)[2].stream(
-      prompt_BxL, jax.random.key(1), 12, 1.5, 0.9))) for unroll in (True, False)]
-  np.testing.assert_array_equal(*streams)
+  unrolled, scanned = (
+      np.stack(list(_sampler(unroll_layers=unroll)[2].stream(
+          prompt_BxL, jax.random.key(1), 12, 1.5, 0.9)))
+      for unroll in (True, False))
+  np.testing.assert_array_equal(unrolled, scanned)

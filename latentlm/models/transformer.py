@@ -122,11 +122,13 @@ def unrolled_layers(model: nn.Module, params):
           {**params, 'transformer': stack})
 
 
-def decode_unrolled() -> bool:
-  """Whether samplers unroll the layer scan by default: on CPU, where it was
-  measured to pay (unrolled_layers). On accelerators the stack stays scanned,
-  one copy of the weights."""
-  return jax.default_backend() == 'cpu'
+def for_decoding(model: nn.Module, params, unroll_layers: bool | None = None):
+  """The (model, params) a sampler decodes with: unrolled_layers when
+  `unroll_layers`, by default on CPU, where it was measured to pay. On
+  accelerators the stack stays scanned, one copy of the weights."""
+  if unroll_layers is None:
+    unroll_layers = jax.default_backend() == 'cpu'
+  return unrolled_layers(model, params) if unroll_layers else (model, params)
 
 
 def param_count(params) -> int:
