@@ -312,11 +312,14 @@ def bench_generate(config, config_dir: str) -> dict:
   Target: ratio >= 0.8 * bytes_per_concept / bytes_per_token.
   """
   if config.task == 'pipeline':  # no trained stage 1 needed
-    concept_config = config.stages.concept_lm
+    # The model the pipeline samples from: its last stage's (a distilled
+    # head's, when it has one; its config is a concept LM's).
+    concept_config = config.stages[train.pipeline_stages(config)[-1]]
     task = concept_lm.Task(concept_config,
                            autoencoder_config=config.stages.autoencoder)
-  elif config.task == 'concept_lm':
-    concept_config, task = config, tasks.get_task(config)
+  elif config.task in tasks.CONCEPT_LM_TASKS:
+    # A head_distill config samples like the concept LM it describes.
+    concept_config, task = config, concept_lm.Task(config)
   else:
     raise UserError('bench generate needs a concept_lm or pipeline config, '
                     f'not task {config.task!r}')

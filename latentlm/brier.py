@@ -236,7 +236,8 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
 
 
 CONTINUATIONS = dict(token_lm=token_lm_continuations,
-                     concept_lm=concept_lm_continuations)
+                     concept_lm=concept_lm_continuations,
+                     head_distill=concept_lm_continuations)
 
 
 def score(continuations, documents, rng, block_bytes=128, num_positions=256,

@@ -21,6 +21,7 @@ from latentlm import cli
 from latentlm import concept_metrics
 from latentlm import reconstruction
 from latentlm import runs
+from latentlm import tasks
 from latentlm import train
 from latentlm import workdir as workdir_lib
 from latentlm.data import corpus
@@ -53,7 +54,7 @@ def evaluate(run, split=None, text_path=None, batch_size=16) -> dict:
     metrics = token_lm_metrics(run, batches)
   elif run.config.task == 'autoencoder':
     metrics = reconstruction.reconstruction_metrics(run, batches)
-  elif run.config.task == 'concept_lm':
+  elif run.config.task in tasks.CONCEPT_LM_TASKS:
     metrics = concept_metrics.concept_lm_metrics(run, batches)
   else:
     raise cli.UserError(f'evaluation of task {run.config.task!r} is not '

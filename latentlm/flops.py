@@ -101,8 +101,7 @@ def autoencoder_flops_per_chunk(model_config) -> dict:
   c = concept.AutoencoderConfig.from_config(model_config)
   K, D, Z = c.chunk_len, c.d_model, c.latent_dim
   blocks = c.num_layers * 3 * D * c.mlp_dim  # SwiGLU: gate, up, down
-  decoder = dense_flops_per_token(Z * D + blocks + D * K * D + K * blocks +
-                                  K * D * c.vocab_size)
+  decoder = decoder_flops_per_chunk(model_config)
   if c.encoder == 'mlp':
     encoder = dense_flops_per_token(K * blocks + K * D * D + blocks +
                                     2 * D * Z)
@@ -112,6 +111,46 @@ def autoencoder_flops_per_chunk(model_config) -> dict:
     posterior = dense_flops_per_token(2 * D * Z)
     encoder = {k: K * stack[k] + posterior[k] for k in stack}
   return {k: encoder[k] + decoder[k] for k in encoder}
+
+
+def decoder_flops_per_chunk(model_config) -> dict:
+  """The concept decoder alone, per chunk (see autoencoder_flops_per_chunk)."""
+  c = concept.AutoencoderConfig.from_config(model_config)
+  K, D, Z = c.chunk_len, c.d_model, c.latent_dim
+  blocks = c.num_layers * 3 * D * c.mlp_dim
+  return dense_flops_per_token(Z * D + blocks + D * K * D + K * blocks +
+                               K * D * c.vocab_size)
+
+
+def flow_sample_flops_per_position(head, d_model: int, latent_dim: int):
+  """A flow head's sampler at one position (heads/flow.py): the condition,
+  the modulations of its S step times, then one stream per velocity (S, or
+  2S - 1 for Heun) of one row, or two when guided (the input projection
+  shared by both)."""
+  H, Z, L, S = head.hidden_dim, latent_dim, head.num_layers, head.num_steps
+  rows = 1 if head.guidance_scale == 1.0 else 2
+  velocities = 2 * S - 1 if head.solver == 'heun' else S
+  stream = rows * (2 * H * H * L + H * Z) + Z * H
+  return dense_flops_per_token(d_model * H + S * H * H * (3 * L + 2) +
+                               velocities * stream)
+
+
+def head_distill_flops_per_position(config, teacher_head, autoencoder):
+  """Head distillation (tasks/head_distill.py) per concept: the backbone's
+  forward, the teacher's sampler, the student's sampler forward and
+  backward, and the decoder on both samples (and back through it to the
+  student's sample: frozen, it needs no weight gradient, so 2 passes, not
+  3)."""
+  Z, D = autoencoder.model.latent_dim, config.model.d_model
+  stack = transformer_flops_per_token(config.model, config.data.seq_len)
+  K = autoencoder.model.chunk_len
+  inputs = dense_flops_per_token(K * D * D if config.model.input == 'tokens'
+                                 else Z * D)
+  decoder = decoder_flops_per_chunk(autoencoder.model)
+  return (stack['forward'] + inputs['forward'] +
+          flow_sample_flops_per_position(teacher_head, D, Z)['forward'] +
+          flow_sample_flops_per_position(config.head, D, Z)['train'] +
+          3 * decoder['forward'])
 
 
 def head_flops_per_position(head, d_model: int, latent_dim: int,
@@ -179,6 +218,14 @@ def train_flops_per_step(config, autoencoder=None) -> float:
     positions = config.train.batch_size * config.data.seq_len
     per_position = concept_lm_flops_per_position(config, autoencoder)
     return positions * per_position['train']
+  if config.task == 'head_distill':
+    teacher = workdir.Workdir(config.teacher_workdir).load_config()
+    if autoencoder is None:
+      autoencoder = workdir.Workdir(config.autoencoder_workdir or
+                                    teacher.autoencoder_workdir).load_config()
+    positions = config.train.batch_size * config.data.seq_len
+    return positions * head_distill_flops_per_position(config, teacher.head,
+                                                       autoencoder)
   raise ValueError(f'unknown task {config.task!r}')
 
 

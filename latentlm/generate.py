@@ -16,6 +16,7 @@ from latentlm import cli
 from latentlm import concept_generate
 from latentlm import reconstruction
 from latentlm import runs
+from latentlm import tasks
 from latentlm.errors import UserError
 from latentlm.models import transformer
 
@@ -160,7 +161,7 @@ def generate_texts(run, prompt: str, num_samples: int, rng, **kwargs):
     return token_lm_texts(run, prompt, num_samples, rng, **kwargs)
   if run.config.task == 'autoencoder':  # a round trip: no sampling arguments
     return reconstruction.autoencoder_texts(run, prompt, num_samples, rng)
-  if run.config.task == 'concept_lm':
+  if run.config.task in tasks.CONCEPT_LM_TASKS:
     kwargs.pop('top_p', None)  # a head has no nucleus to cut
     return concept_generate.concept_lm_texts(run, prompt, num_samples, rng,
                                              **kwargs)

@@ -53,9 +53,11 @@ def config_summary(config) -> str:
     m = config.model
     return (f'token_lm {config.data.tokenizer} d={m.d_model} L={m.num_layers}'
             f' seq={config.data.seq_len}')
-  if config.task == 'concept_lm':
+  if config.task in ('concept_lm', 'head_distill'):
     m = config.model
-    return (f'concept_lm head={config.head.name} input={m.input} '
+    steps = (f' steps={config.head.num_steps}'
+             if config.task == 'head_distill' else '')
+    return (f'{config.task} head={config.head.name}{steps} input={m.input} '
             f'd={m.d_model} L={m.num_layers} seq={config.data.seq_len}')
   if config.task == 'autoencoder':
     return (f'autoencoder K={config.segment.chunk_len} '
@@ -85,6 +87,9 @@ def _trainable_params(config_json: str) -> int | None:
     params, _ = jax.eval_shape(task.init, jax.random.key(0))
   except UserError:
     return None
+  if hasattr(task, 'trainable'):  # e.g. head_distill: only the head
+    params = jax.tree.map(lambda train, p: p if train else None,
+                          task.trainable(params), params)
   return transformer.param_count(params)
 
 

@@ -34,7 +34,7 @@ def load(workdir_path: str, devices=None) -> Run:
   workdir = workdir_lib.Workdir(workdir_path)
   config = workdir.load_config()
   if config.get('task') == 'pipeline':
-    stage = train.PIPELINE_STAGES[-1]
+    stage = train.pipeline_stages(config)[-1]
     stage_path = train.pipeline_stage_path(workdir.path, stage)
     if not workdir_lib.Workdir(stage_path).exists():
       raise UserError(f'{workdir.path} is a pipeline whose {stage} stage has '

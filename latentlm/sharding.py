@@ -5,6 +5,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from latentlm.errors import UserError
@@ -61,7 +62,13 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules):
   replicated.
   """
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  # optax's MaskedNode, the optimizer state of frozen params (head_distill's
+  # backbone), is an empty tuple, which flax would read as a logical spec.
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(
+      lambda spec: spec if is_masked(spec) else nn.logical_to_mesh_sharding(
+          spec, mesh, rules),
+      specs, is_leaf=lambda x: is_masked(x) or isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

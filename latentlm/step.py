@@ -35,14 +35,26 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
       end_value=peak * opt_config.min_lr_ratio)
 
 
-def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with clipping; weight decay only on matrices, not norms or biases."""
+def make_optimizer(opt_config, num_steps: int,
+                   trainable=None) -> optax.GradientTransformation:
+  """AdamW with clipping; weight decay only on matrices, not norms or biases.
+
+  `trainable(params)`: bools in a tree like params or a prefix of it; the
+  False subtrees never change and keep no optimizer state (a task that
+  trains part of its params, e.g. head_distill). None: all train.
+  """
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  return optax.chain(
+  adamw = optax.chain(
       optax.clip_by_global_norm(opt_config.grad_clip),
       optax.adamw(learning_rate_schedule(opt_config, num_steps),
                   b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
                   weight_decay=opt_config.weight_decay, mask=decay_mask))
+  if trainable is None:
+    return adamw
+  labels = lambda params: jax.tree.map(
+      lambda train: 'train' if train else 'frozen', trainable(params))
+  return optax.multi_transform(
+      {'train': adamw, 'frozen': optax.set_to_zero()}, labels)
 
 
 def init_state(params, frozen, optimizer) -> TrainState:

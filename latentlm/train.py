@@ -68,8 +68,9 @@ class Trainer:
   def __init__(self, config, task, mesh):
     self.config, self.task, self.mesh = config, task, mesh
     self.rules = sharding.logical_rules(config.sharding.rules)
-    self.optimizer = step_lib.make_optimizer(config.optimizer,
-                                             config.train.num_steps)
+    self.optimizer = step_lib.make_optimizer(
+        config.optimizer, config.train.num_steps,
+        getattr(task, 'trainable', None))
     self.rng = jax.random.key(config.seed)
 
     def init_fn(rng):
@@ -291,9 +292,21 @@ def write_samples(config, task, trainer, state, workdir, num_samples=3):
 
 
 # ============================================================================
-# the two-stage pipeline
+# the pipeline of stages
 # ============================================================================
-PIPELINE_STAGES = ('autoencoder', 'concept_lm')  # in order; config.stages.*
+# In order; config.stages.*. The first two are required; head_distill, when
+# the config has it, distils stage 2's flow head into one that samples in
+# fewer passes, and the pipeline samples from it.
+PIPELINE_STAGES = ('autoencoder', 'concept_lm', 'head_distill')
+_REQUIRED_STAGES = PIPELINE_STAGES[:2]
+
+
+def pipeline_stages(config) -> tuple[str, ...]:
+  """The stages of a pipeline config, in order."""
+  for name in _REQUIRED_STAGES:
+    if name not in config.stages:
+      raise UserError(f'a pipeline config needs config.stages.{name}')
+  return tuple(name for name in PIPELINE_STAGES if name in config.stages)
 
 
 def pipeline_stage_path(pipeline_path: str, name: str) -> str:
@@ -315,14 +328,16 @@ def _finished_eval(config, workdir) -> dict | None:
 
 def train_pipeline(config, workdir_path: str) -> dict:
   """Trains config.stages.autoencoder into DIR/autoencoder, then
-  config.stages.concept_lm on it into DIR/concept_lm; prints both stages'
-  eval metrics and samples. A finished stage is skipped, so rerunning the
-  command resumes the stage it was in.
+  config.stages.concept_lm on it into DIR/concept_lm, then (when the config
+  has it) config.stages.head_distill from that into DIR/head_distill; prints
+  every stage's eval metrics and samples of the last. A finished stage is
+  skipped, so rerunning the command resumes the stage it was in.
   """
   from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
   from latentlm import generate  # pylint: disable=g-import-not-at-top
   from latentlm import runs  # pylint: disable=g-import-not-at-top
-  for name in PIPELINE_STAGES:
+  stages = pipeline_stages(config)
+  for name in stages:
     config_lib.check_positive(config.stages[name])
   workdir = workdir_lib.Workdir(workdir_path)
   workdir.check_compatible(config)
@@ -330,20 +345,23 @@ def train_pipeline(config, workdir_path: str) -> dict:
   workdir_lib.write_atomic(workdir.config_path, config.to_json(indent=2) + '\n')
   start = time.perf_counter()
   summary = {}
-  for i, name in enumerate(PIPELINE_STAGES):
+  for i, name in enumerate(stages):
     stage_config = config.stages[name].copy_and_resolve_references()
-    if name == 'concept_lm':
+    if name in ('concept_lm', 'head_distill'):
       stage_config.autoencoder_workdir = pipeline_stage_path(workdir.path,
                                                              'autoencoder')
+    if name == 'head_distill':
+      stage_config.teacher_workdir = pipeline_stage_path(workdir.path,
+                                                         'concept_lm')
     stage_workdir = workdir_lib.Workdir(pipeline_stage_path(workdir.path,
                                                             name))
     eval_metrics = _finished_eval(stage_config, stage_workdir)
     if eval_metrics is None:
-      print(f'stage {i + 1}/{len(PIPELINE_STAGES)}: {name} -> '
+      print(f'stage {i + 1}/{len(stages)}: {name} -> '
             f'{stage_workdir.path}', flush=True)
       eval_metrics = train(stage_config, stage_workdir.path)
     else:
-      print(f'stage {i + 1}/{len(PIPELINE_STAGES)}: {name} already trained '
+      print(f'stage {i + 1}/{len(stages)}: {name} already trained '
             f'in {stage_workdir.path}', flush=True)
     summary.update({f'{name}/{k}': v for k, v in eval_metrics.items()})
 

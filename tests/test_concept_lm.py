@@ -168,8 +168,8 @@ def test_frozen_params_are_the_stage1_workdir_and_stay_so(eight_devices):
   assert run.losses[-1] < run.losses[0]  # the rest trains
 
 
-def test_step_on_8_devices_equals_1_device(eight_devices):
-  run = eight_devices
+def check_one_device_equals(run):
+  """The steps of `run` (an eight_devices fixture) again on one device."""
   config = run.task.config.copy_and_resolve_references()
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
   trainer = train.Trainer(config, run.task, sharding.make_mesh(
@@ -177,7 +177,7 @@ def test_step_on_8_devices_equals_1_device(eight_devices):
   state = jax.device_put(run.initial, trainer.state_shardings)
   data = run.make_data()
   losses = []
-  for _ in range(2 * N):
+  for _ in range(len(run.losses)):
     state, metrics = trainer.train_step(state, next(data))
     losses.append(float(metrics['loss']))
   np.testing.assert_allclose(losses, run.losses, rtol=1e-5)
@@ -185,16 +185,24 @@ def test_step_on_8_devices_equals_1_device(eight_devices):
                               rtol=1e-4, atol=1e-6)
 
 
-def test_resume_equals_uninterrupted(eight_devices):
-  run = eight_devices
-  state, data = run.ckpt.restore(N, run.trainer.abstract_state,
+def check_resume_equals_uninterrupted(run, saved_step):
+  """`run`'s steps after its checkpoint at `saved_step`, restored."""
+  state, data = run.ckpt.restore(saved_step, run.trainer.abstract_state,
                                  run.make_data())
   losses = []
-  for _ in range(N):
+  for _ in range(len(run.losses) - saved_step):
     state, metrics = run.trainer.train_step(state, next(data))
     losses.append(float(metrics['loss']))
-  np.testing.assert_array_equal(losses, run.losses[N:])
+  np.testing.assert_array_equal(losses, run.losses[saved_step:])
   chex.assert_trees_all_equal(jax.device_get(state), run.final)
+
+
+def test_step_on_8_devices_equals_1_device(eight_devices):
+  check_one_device_equals(eight_devices)
+
+
+def test_resume_equals_uninterrupted(eight_devices):
+  check_resume_equals_uninterrupted(eight_devices, N)
 
 
 def test_all_pad_targets_count_nowhere(eight_devices):

@@ -5,7 +5,9 @@ import importlib
 from latentlm import config_lib
 from latentlm.errors import UserError
 
-TASKS = ('token_lm', 'autoencoder', 'concept_lm')
+TASKS = ('token_lm', 'autoencoder', 'concept_lm', 'head_distill')
+# Tasks whose runs are concept LMs: evaluate, generate, BrierLM take them.
+CONCEPT_LM_TASKS = ('concept_lm', 'head_distill')
 
 
 def get_task(config):

@@ -117,10 +117,14 @@ class Task:
     std_NxZ = jnp.exp(logstd_NxZ) / frozen['latent_std']
     return mean_NxZ.reshape(B, S, -1), std_NxZ.reshape(B, S, -1)
 
+  def decode_logits(self, frozen, z_NxZ):
+    """Normalised latents -> the decoder's token logits N x K x V."""
+    z_NxZ = z_NxZ * frozen['latent_std'] + frozen['latent_mean']
+    return self.autoencoder.decode(frozen['autoencoder'], z_NxZ)
+
   def decode(self, frozen, z_NxZ):
     """Normalised latents -> token ids N x K (argmax, pads included)."""
-    z_NxZ = z_NxZ * frozen['latent_std'] + frozen['latent_mean']
-    return self.autoencoder.decode(frozen['autoencoder'], z_NxZ).argmax(-1)
+    return self.decode_logits(frozen, z_NxZ).argmax(-1)
 
   def model_inputs(self, frozen, tokens_BxSxK, mean_BxSxZ=None):
     """What the autoregressor reads for these chunks (config.model.input)."""

@@ -67,6 +67,12 @@ class FlowHead(base.GuidedHead):
     base.check_temperature(temperature)
     x_NxZ = temperature * jax.random.normal(
         rng, (h_NxD.shape[0], self.latent_dim))
+    return self.sample_from_noise(h_NxD, x_NxZ, constants)
+
+  def sample_from_noise(self, h_NxD, x_NxZ, constants=None):
+    """The ODE's end from the given start x_NxZ (the noise, already scaled
+    by the temperature): deterministic, so a student head can be distilled
+    onto it (latentlm/tasks/head_distill.py)."""
     S, dt = self.num_steps, 1.0 / self.num_steps
     # The steps' times are known: condition all of them at once (see Trunk).
     # Heun's second velocity of step i is at step i + 1's time, and its last
