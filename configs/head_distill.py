@@ -10,7 +10,11 @@ lands from the same noise (latentlm/tasks/head_distill.py):
   python -m latentlm.generate --workdir=/tmp/fast --temperature=0.2
 
 Args: those of configs/concept_lm.py that build the teacher (input, size;
-the head is a flow head). configs/shakespeare.py runs it as its third stage.
+the head is a flow head). A teacher trained with other network fields (the
+main job's sets head.cond_dropout and token_loss_weight) needs them here
+too; the error names each one with the teacher's value.
+configs/shakespeare.py runs this as its third stage, from its own stage 2's
+config.
 """
 
 from latentlm import config_lib

@@ -219,6 +219,7 @@ def test_bad_teacher_is_one_line_user_error(teacher, tmp_path):
     head_distill.Task(_student_config(teacher.path, teacher.config,
                                       hidden_dim=64))
   assert '\n' not in str(error.value)
+  assert 'set --config.head.hidden_dim=32 as in' in str(error.value)
   config = _student_config(teacher.path, teacher.config)
   config.distill.temperature_min = 0.5
   config.distill.temperature_max = 0.2

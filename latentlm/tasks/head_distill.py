@@ -49,6 +49,16 @@ def load_teacher_config(path: str):
   return config
 
 
+# The head's fields a student may set apart from its teacher's.
+SAMPLING_FIELDS = ('num_steps', 'solver', 'guidance_scale')
+# Top-level fields that add params (the auxiliary token head).
+_NETWORK_FIELDS = ('token_loss_weight',)
+
+
+def config_path(workdir_path: str) -> str:
+  return workdir_lib.Workdir(workdir_path).config_path
+
+
 def _paths(tree):
   return {jax.tree_util.keystr(path): leaf.shape
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
@@ -74,20 +84,30 @@ class Task(concept_lm.Task):
     self.teacher_head = heads.make_head(teacher_config.head, self.latent_dim)
     teacher = runs.load(config.teacher_workdir)
     self._teacher_params = jax.device_get(teacher.state.params)
-    self._check_same_architecture()
+    self._check_same_architecture(teacher_config)
 
-  def _check_same_architecture(self):
+  def _check_same_architecture(self, teacher_config):
     """The student must be the teacher's network: it starts from its
     weights, and only the sampling settings of config.head may differ."""
     student = _paths(nn.meta.unbox(
         jax.eval_shape(super().init, jax.random.key(0))[0]))
     teacher = _paths(self._teacher_params)
-    if student != teacher:
-      differing = sorted(set(student.items()) ^ set(teacher.items()))[0][0]
-      raise UserError(
-          f'config.model and config.head must build the teacher\'s network '
-          f'({differing} differs); change only the head\'s sampling fields '
-          '(num_steps, solver, guidance_scale)')
+    if student == teacher:
+      return
+    differing = sorted(set(student.items()) ^ set(teacher.items()))[0][0]
+    # The fields that build the network, as the teacher's config has them.
+    fixes = [f'--config.{key}={teacher_config[key]}'
+             for key in _NETWORK_FIELDS
+             if key in teacher_config and self.config[key] != teacher_config[key]]
+    fixes += [f'--config.{section}.{key}={value}'
+              for section in ('model', 'head')
+              for key, value in teacher_config[section].items()
+              if key not in SAMPLING_FIELDS
+              and self.config[section].get(key) != value]
+    raise UserError(
+        f'the student must be the teacher\'s network ({differing} differs); '
+        f'set {" ".join(fixes) or "config.model and config.head"} as in '
+        f'{config_path(self.config.teacher_workdir)}')
 
   def init(self, rng):
     """The teacher's params (the student head starts as the teacher's);
