@@ -109,13 +109,18 @@ def _fake_autoencoder_workdir(path, data_dir):
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = jax.device_put(_random_like(trainer.abstract_state, seed=1),
                          trainer.state_shardings)
+  write_workdir(path, config, task, state)
+  return jax.device_get(state)
+
+
+def write_workdir(path, config, task, state):
+  """A workdir of `config` whose one checkpoint holds `state`."""
   workdir = workdir_lib.Workdir(path)
   workdir.prepare(config)
   ckpt = checkpoint.Checkpointer(workdir.checkpoints, 1, 1)
   ckpt.save(1, state, train.make_data(config, task, 'train', 8, seed=0),
             force=True)
   ckpt.close()
-  return jax.device_get(state)
 
 
 @pytest.fixture(scope='module')

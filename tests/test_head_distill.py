@@ -59,12 +59,7 @@ def _fake_teacher_workdir(path, config):
           task.init_frozen(jax.random.key(0)))))
   state = jax.device_put(jax.tree.map(np.asarray, state),
                          trainer.state_shardings)
-  workdir = workdir_lib.Workdir(path)
-  workdir.prepare(config)
-  ckpt = checkpoint.Checkpointer(workdir.checkpoints, 1, 1)
-  ckpt.save(1, state, train.make_data(config, task, 'train', 8, seed=0),
-            force=True)
-  ckpt.close()
+  concept_lm_test.write_workdir(path, config, task, state)
   return jax.device_get(state)
 
 
