@@ -12,10 +12,10 @@ squared distance to the teacher's latent, and `distill.token_weight` times
 the decoder's cross-entropy of the student's latent against the tokens the
 teacher's latent decodes to. The second asks only for the teacher's text,
 not its exact point: on the main job's teacher, 600 steps raised the words
-found in the plays from 0.862 to 0.869 (ten seeds of 6 samples; README). The noise is drawn at
-temperatures uniform in [distill.temperature_min, temperature_max]: a
-student is only distilled where it is trained, and the main job samples at
-one temperature.
+found in the plays from 0.862 to 0.869 (ten seeds of 6 samples; README).
+The noise is drawn at temperatures uniform in [distill.temperature_min,
+temperature_max]: a student is only distilled where it is trained, and the
+main job samples at one temperature.
 
 The run is a concept LM in every other way (its config has every field of
 configs/concept_lm.py), so evaluate, generate and BrierLM take its workdir.
@@ -55,10 +55,6 @@ SAMPLING_FIELDS = ('num_steps', 'solver', 'guidance_scale')
 _NETWORK_FIELDS = ('token_loss_weight',)
 
 
-def config_path(workdir_path: str) -> str:
-  return workdir_lib.Workdir(workdir_path).config_path
-
-
 def _paths(tree):
   return {jax.tree_util.keystr(path): leaf.shape
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
@@ -96,18 +92,19 @@ class Task(concept_lm.Task):
       return
     differing = sorted(set(student.items()) ^ set(teacher.items()))[0][0]
     # The fields that build the network, as the teacher's config has them.
-    fixes = [f'--config.{key}={teacher_config[key]}'
+    fixes = [f'--config.{key}={teacher_config.get(key)}'
              for key in _NETWORK_FIELDS
-             if key in teacher_config and self.config[key] != teacher_config[key]]
+             if self.config.get(key) != teacher_config.get(key)]
     fixes += [f'--config.{section}.{key}={value}'
               for section in ('model', 'head')
               for key, value in teacher_config[section].items()
               if key not in SAMPLING_FIELDS
               and self.config[section].get(key) != value]
+    teacher_json = workdir_lib.Workdir(self.config.teacher_workdir).config_path
     raise UserError(
         f'the student must be the teacher\'s network ({differing} differs); '
         f'set {" ".join(fixes) or "config.model and config.head"} as in '
-        f'{config_path(self.config.teacher_workdir)}')
+        f'{teacher_json}')
 
   def init(self, rng):
     """The teacher's params (the student head starts as the teacher's);
