@@ -150,16 +150,10 @@ def eight_devices(stage1, tmp_path_factory):
       frozen=jax.device_get(nn.meta.unbox(
           task.init_frozen(jax.random.key(0)))))
   state = jax.device_put(initial, trainer.state_shardings)
-  losses = []
-  for step in range(1, 2 * N + 1):
-    state, metrics = trainer.train_step(state, next(data))
-    losses.append(float(metrics['loss']))
-    if step == N:
-      ckpt.save(step, state, data, force=True)
-  ckpt.wait()
+  state, losses = train_saving_at(trainer, state, data, ckpt, N)
   result = types.SimpleNamespace(
       task=task, trainer=trainer, ckpt=ckpt, ae_state=ae_state,
-      initial=initial, final=jax.device_get(state), losses=np.asarray(losses),
+      initial=initial, final=jax.device_get(state), losses=losses,
       make_data=lambda: train.make_data(config, task, 'train', 8, seed=0))
   yield result
   ckpt.close()
@@ -171,6 +165,19 @@ def test_frozen_params_are_the_stage1_workdir_and_stay_so(eight_devices):
   chex.assert_trees_all_equal(run.initial.frozen, expected)
   chex.assert_trees_all_equal(run.final.frozen, expected)
   assert run.losses[-1] < run.losses[0]  # the rest trains
+
+
+def train_saving_at(trainer, state, data, ckpt, saved_step):
+  """2 * saved_step steps from `state`, checkpointed after saved_step:
+  (the last state, the losses)."""
+  losses = []
+  for step in range(1, 2 * saved_step + 1):
+    state, metrics = trainer.train_step(state, next(data))
+    losses.append(float(metrics['loss']))
+    if step == saved_step:
+      ckpt.save(step, state, data, force=True)
+  ckpt.wait()
+  return state, np.asarray(losses)
 
 
 def check_one_device_equals(run):

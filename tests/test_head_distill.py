@@ -96,17 +96,11 @@ def eight_devices(teacher, tmp_path_factory):
   data = train.make_data(config, task, 'train', 8, seed=0)
   initial = trainer.init_state()
   initial_host = jax.device_get(initial)
-  state, losses = initial, []
-  for step in range(1, 2 * N + 1):
-    state, metrics = trainer.train_step(state, next(data))
-    losses.append(float(metrics['loss']))
-    if step == N:
-      ckpt.save(step, state, data, force=True)
-  ckpt.wait()
+  state, losses = concept_lm_test.train_saving_at(trainer, initial, data, ckpt,
+                                                  N)
   yield types.SimpleNamespace(
       task=task, trainer=trainer, ckpt=ckpt,
-      initial=initial_host, final=jax.device_get(state),
-      losses=np.asarray(losses),
+      initial=initial_host, final=jax.device_get(state), losses=losses,
       make_data=lambda: train.make_data(config, task, 'train', 8, seed=0))
   ckpt.close()
 
