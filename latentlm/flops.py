@@ -142,12 +142,9 @@ def head_distill_flops_per_position(config, teacher_head, autoencoder):
   student's sample: frozen, it needs no weight gradient, so 2 passes, not
   3)."""
   Z, D = autoencoder.model.latent_dim, config.model.d_model
-  stack = transformer_flops_per_token(config.model, config.data.seq_len)
-  K = autoencoder.model.chunk_len
-  inputs = dense_flops_per_token(K * D * D if config.model.input == 'tokens'
-                                 else Z * D)
+  backbone = backbone_flops_per_position(config, autoencoder)
   decoder = decoder_flops_per_chunk(autoencoder.model)
-  return (stack['forward'] + inputs['forward'] +
+  return (backbone['forward'] +
           flow_sample_flops_per_position(teacher_head, D, Z)['forward'] +
           flow_sample_flops_per_position(config.head, D, Z)['train'] +
           3 * decoder['forward'])
@@ -181,6 +178,16 @@ def head_flops_per_position(head, d_model: int, latent_dim: int,
   return dense_flops_per_token(weights)
 
 
+def backbone_flops_per_position(config, autoencoder) -> dict:
+  """A concept LM's causal stack and its input projection, per concept."""
+  K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
+  D = config.model.d_model
+  stack = transformer_flops_per_token(config.model, config.data.seq_len)
+  inputs = dense_flops_per_token(K * D * D if config.model.input == 'tokens'
+                                 else Z * D)
+  return {k: stack[k] + inputs[k] for k in stack}
+
+
 def concept_lm_flops_per_position(config, autoencoder=None) -> dict:
   """The causal stack, its input projection and the head, per concept.
 
@@ -191,13 +198,11 @@ def concept_lm_flops_per_position(config, autoencoder=None) -> dict:
   """
   if autoencoder is None:
     autoencoder = workdir.Workdir(config.autoencoder_workdir).load_config()
-  K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
-  D = config.model.d_model
-  stack = transformer_flops_per_token(config.model, config.data.seq_len)
-  inputs = dense_flops_per_token(K * D * D if config.model.input == 'tokens'
-                                 else Z * D)
-  head = head_flops_per_position(config.head, D, Z, config.head_targets)
-  return {k: stack[k] + inputs[k] + head[k] for k in stack}
+  backbone = backbone_flops_per_position(config, autoencoder)
+  head = head_flops_per_position(config.head, config.model.d_model,
+                                 autoencoder.model.latent_dim,
+                                 config.head_targets)
+  return {k: backbone[k] + head[k] for k in backbone}
 
 
 def train_flops_per_step(config, autoencoder=None) -> float:

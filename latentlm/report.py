@@ -29,6 +29,7 @@ import ml_collections
 
 from latentlm import cli
 from latentlm import flops
+from latentlm import tasks
 from latentlm import workdir as workdir_lib
 from latentlm.errors import UserError
 
@@ -53,7 +54,7 @@ def config_summary(config) -> str:
     m = config.model
     return (f'token_lm {config.data.tokenizer} d={m.d_model} L={m.num_layers}'
             f' seq={config.data.seq_len}')
-  if config.task in ('concept_lm', 'head_distill'):
+  if config.task in tasks.CONCEPT_LM_TASKS:
     m = config.model
     steps = (f' steps={config.head.num_steps}'
              if config.task == 'head_distill' else '')
@@ -75,7 +76,6 @@ def trainable_params(config) -> int | None:
 def _trainable_params(config_json: str) -> int | None:
   """Cached by config: a sweep's runs often share one model."""
   config = ml_collections.ConfigDict(json.loads(config_json))
-  from latentlm import tasks  # pylint: disable=g-import-not-at-top
   from latentlm.models import transformer  # pylint: disable=g-import-not-at-top
   from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
   try:

@@ -87,6 +87,20 @@ class Workdir:
     write_atomic(self.config_path, config.to_json(indent=2) + '\n')
 
 
+def load_stage_config(path: str, field: str, task: str, a_task: str,
+                      hint: str) -> ml_collections.ConfigDict:
+  """The config of the trained `task` run that config.<field> = `path`
+  names (a stage the caller builds on), or a one-line UserError; `a_task`
+  names the task in prose, `hint` says where such a run comes from."""
+  if not path:
+    raise UserError(f'config.{field} is required: {hint}')
+  config = Workdir(path).load_config()
+  if config.task != task:
+    raise UserError(f'config.{field}={path!r} holds a {config.task!r} run, '
+                    f'not {a_task}')
+  return config
+
+
 class MetricsWriter:
   """metrics.jsonl plus TensorBoard events; only the lead process writes.
 

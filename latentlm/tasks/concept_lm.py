@@ -30,14 +30,9 @@ from latentlm.models import transformer
 
 def load_autoencoder_config(path: str):
   """The stage-1 config of `path`, or a one-line UserError."""
-  if not path:
-    raise UserError('config.autoencoder_workdir is required: a trained '
-                    'autoencoder workdir (configs/autoencoder.py)')
-  config = workdir_lib.Workdir(path).load_config()
-  if config.task != 'autoencoder':
-    raise UserError(f'config.autoencoder_workdir={path!r} holds a '
-                    f'{config.task!r} run, not an autoencoder')
-  return config
+  return workdir_lib.load_stage_config(
+      path, 'autoencoder_workdir', 'autoencoder', 'an autoencoder',
+      'a trained autoencoder workdir (configs/autoencoder.py)')
 
 
 class Task:

@@ -35,13 +35,9 @@ from latentlm.tasks import concept_lm
 
 def load_teacher_config(path: str):
   """The stage-2 config of `path`, or a one-line UserError."""
-  if not path:
-    raise UserError('config.teacher_workdir is required: a trained concept '
-                    'LM workdir with a flow head (configs/concept_lm.py)')
-  config = workdir_lib.Workdir(path).load_config()
-  if config.task != 'concept_lm':
-    raise UserError(f'config.teacher_workdir={path!r} holds a '
-                    f'{config.task!r} run, not a concept_lm')
+  config = workdir_lib.load_stage_config(
+      path, 'teacher_workdir', 'concept_lm', 'a concept_lm',
+      'a trained concept LM workdir with a flow head (configs/concept_lm.py)')
   if config.head.name != 'flow':
     raise UserError(f'config.teacher_workdir={path!r} has a '
                     f'{config.head.name!r} head; distillation needs a flow '
