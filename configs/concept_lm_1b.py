@@ -20,8 +20,7 @@ same data) into a directory every host sees:
       --config=configs/concept_lm_1b.py \\
       --config.autoencoder_workdir=/mnt/shared/ae --workdir=/mnt/shared/clm_1b
 
-Per-chip figures (AOT, jax 0.10.2, libtpu 0.0.42): launch/README.md, "Pod
-figures".
+Per-chip memory and FLOPs, compiled ahead of time: docs/results/pods.md.
 
 Args: head (energy), fsdp (128), tensor (1), baseline (false; true gives
 the token LM with this backbone over the same 4 KiB rows: its baseline).

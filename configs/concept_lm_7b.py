@@ -10,7 +10,7 @@ runs two copies and two v5e:16x16 slices one each.
   JAX_PLATFORMS=cpu python -m latentlm.aot --config=configs/concept_lm_7b.py \\
       --topology=v5e:16x16 --slices=2
 
-Per-chip figures: launch/README.md, "Pod figures". Args: those of
+Per-chip figures: docs/results/pods.md. Args: those of
 configs/concept_lm_1b.py, with fsdp 64 and tensor 4.
 """
 

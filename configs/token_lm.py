@@ -6,9 +6,10 @@ Byte tokens by default. Train, evaluate and sample:
   python -m latentlm.evaluate --workdir=/tmp/tok
   python -m latentlm.generate --workdir=/tmp/tok --prompt='ROMEO.'
 
-Sizes: nano (tests and smoke runs), tiny (~1M params; its 600 default steps
-of 32 x 256 bytes take 15-30 minutes on 2 CPU cores), small (~20M params,
-the MFU benchmark size), and base (~85M, for accelerators).
+Sizes: nano (tests and smoke runs), tiny (~1M params, the main job's
+backbone; its cost on 2 CPU cores: docs/results/main_job.md), small (~20M
+params, the MFU benchmark size: docs/results/throughput.md), and base
+(~85M, for accelerators).
 """
 
 from latentlm import config_lib

@@ -192,8 +192,9 @@ def print_table(result: dict):
 # models, so that each pays for its window refills (a prefill of the last
 # half window, every half window) close to their steady share: 1024 steps
 # charge the token LM's 256-token window 6 of its 7.9 refills and the
-# concept LM's 64-concept one 30 of 31. (192 steps, before, charged the
-# concept LM 4 refills, 7% of its time, and the token LM none.)
+# concept LM's 64-concept one 30 of 31. Far fewer steps would charge the
+# concept LM's short window its refills while the token LM's long one had
+# none.
 GENERATE_WINDOWS = 4
 GENERATE_STEPS = None  # if set, the steps per stream (tests)
 GENERATE_TURN = 32  # steps a stream runs in its turn
@@ -206,9 +207,9 @@ def _quietest_steps_per_s(make_streams, num_steps: int) -> list[float]:
   In a pass every stream runs num_steps steps, the streams taking turns of
   GENERATE_TURN steps, so that a burst of other work on the host slows each
   of them alike; the pass that took the least time in all is the one least
-  disturbed, and all rates come from it. (Each stream's best whole run, as
-  before, could time one model in a quiet spell and the other in a busy
-  one.) An untimed pass first compiles every shape (prefill, step, refill).
+  disturbed, and all rates come from it. (Each stream's best whole run
+  could time one model in a quiet spell and the other in a busy one.) An
+  untimed pass first compiles every shape (prefill, step, refill).
   """
   passes = []
   for timed in [False] + [True] * GENERATE_REPEATS:

@@ -1,4 +1,4 @@
-"""BrierLM: one likelihood-free score for token LMs and concept LMs.
+"""BrierLM: one likelihood-free score for token LMs, concept LMs and n-grams.
 
 Brier(P, y) = 2 P(y) - sum_x P(x)^2 (higher is better, at most 1) needs no
 probabilities: with two independent samples x1, x2 of the model,
@@ -7,17 +7,20 @@ probabilities: with two independent samples x1, x2 of the model,
 
 so the mean of that per-position term is an unbiased estimate of Brier-n.
 BrierLM = 100 x the geometric mean of Brier-1..Brier-4 (CALM, Shao et al.
-2025). The geometric mean of unbiased estimates is consistent, not unbiased;
-its uncertainty is a percentile bootstrap over positions.
+2025). Every evaluation keeps its per-position terms: intervals (and the
+paired differences latentlm.report draws between runs scored on the same
+positions) are bootstraps over positions (latentlm/intervals.py).
 
 The protocol, the same for every model:
-  positions:  bytes (unit 'bytes') or word starts (a non-whitespace byte
-              after whitespace; unit 'words') of the held-out documents,
-              drawn uniformly with a fixed seed, each with at
+  positions:  word ends of the held-out documents: a position i where the
+              byte before is not whitespace and byte i is. Drawn with a fixed
+              seed from the text alone (never from the model), each with at
               least `block_bytes` bytes of its document before it and
-              MAX_NGRAM complete units after it.
-  context:    exactly the `block_bytes` bytes before the position (it may
-              start inside a word), nothing else: no EOS or BOS in front.
+              MAX_NGRAM complete units within `max_new_bytes` after it; the
+              `positions_key` of a result names exactly which.
+  context:    the bytes before i, from the first word end at or after
+              i - block_bytes (so at most `block_bytes`, starting at
+              whitespace), nothing else: no EOS or BOS in front.
   samples:    two independent continuations per position from the model's
               own sampler at temperature 1 (no top-p), as bytes.
   n-gram:     the first n units of a continuation, compared as exact byte
@@ -26,26 +29,40 @@ The protocol, the same for every model:
               non-whitespace that whitespace (or the end of the text)
               closes, so a different space or newline inside counts as a miss.
 
-Why bytes or words, never a model's own step: a BPE token or a K-byte
-concept is one model's unit and not the other's. Bytes are what both emit in
-the end (a byte tokenizer's step, a sub-chunk piece of a concept), so byte
-n-grams ask both for exactly the same thing; a concept LM gets no credit for
-producing K bytes per step, and a token LM none for its finer steps. Words
-ask the same over a longer span (Brier-4 ~25 bytes, CALM's horizon with BPE
-tokens), but at CPU scale word 3- and 4-grams almost never match, Brier-4 is
-~0 and so is the geometric mean: bytes are the default that still ranks
-small models; use words for larger ones. Continuations stop after
-`max_new_bytes`; one with fewer than n complete units is an outcome of its
-own (it never matches the truth).
-
-The concept LM continues a context whose segmentation may end in a partial
-chunk (fixed K, or a word chunk with room left): its next chunk is drawn
-conditioned on starting with that partial text, by the same candidate
-rejection generate uses (concept_generate.complete_partial): exact when one
-of its 16 candidates matches; when none does, the partial chunk is read as
-a whole one, as generate does.
+Why it is unbiased for every model kind. The term above is unbiased for
+Brier-n of whatever distribution the two samples come from, so what matters
+is that each model is sampled from its own conditional p(continuation |
+context bytes), not from a distortion of it:
+  bytes:     any cut is a token boundary.
+  BPE:       a SentencePiece piece starts at whitespace (no dummy prefix,
+             whitespace kept as a prefix of the next piece), so both ends of
+             the context, word ends, are piece boundaries: the context
+             encodes to the very tokens the document's own encoding has
+             there, as in training. A random byte cut instead ends a context
+             inside a piece ("the kin"), a token sequence the model never saw
+             in training, and scores BPE unfairly low.
+  concepts:  a context whose text ends inside a unit (a fixed-K chunk cut
+             short, a word without the whitespace that closes it) ends in a
+             partial chunk. The model's next chunk is then drawn conditioned
+             on starting with that text, by rejection
+             (concept_generate.complete_partials): exact, and a context
+             whose completion hits the draw cap is counted in
+             `partial_fallback_rate` instead of being scored as if nothing
+             happened. For fixed-K segmentation the context is first cut at
+             its front to whole chunks (at most K - 1 bytes fewer), so its
+             last chunk is whole and nothing needs completing: a fixed-K
+             model never saw an alignment that the text decides, so any
+             alignment is in its training distribution.
+  n-grams:   a count model samples bytes from its exact conditional.
+Bytes or words, never a model's own step: a BPE token or a K-byte concept is
+one model's unit and not the other's. Bytes are what every model emits in
+the end, so byte n-grams ask all of them for exactly the same thing. Words
+ask the same over a longer span, but at CPU scale word 3- and 4-grams
+almost never match. Continuations stop after `max_new_bytes`; one with fewer
+than n complete units is an outcome of its own (it never matches the truth).
 """
 
+import hashlib
 import re
 
 import jax
@@ -53,11 +70,21 @@ import numpy as np
 
 from latentlm import concept_generate
 from latentlm import generate
+from latentlm import intervals
 from latentlm.errors import UserError
 
 MAX_NGRAM = 4
 UNITS = ('bytes', 'words')
+# 64 bytes: the longest context the main job's K=2 concept LM reads (half its
+# window of 64 chunks), so one default serves every model of the project.
+DEFAULT_BLOCK_BYTES = 64
+# Enough that Brier-1's 95% interval is narrow enough to rank CPU-scale
+# models (the target half-width is in docs/results/brier_protocol.md).
+DEFAULT_NUM_POSITIONS = 4096
+DEFAULT_MAX_NEW_BYTES = 64
+MAX_SAMPLER_ROWS = 512  # rows of one batched sampling stream
 _WORD = re.compile(rb'\s*\S+')
+_WHITESPACE = np.frombuffer(b' \t\n\v\f\r', np.uint8)
 
 
 # ------------------------------------------------------------ the estimator
@@ -94,72 +121,74 @@ def brier_terms(truths, first, second) -> np.ndarray:
   """
   terms = [[(x1 == y) + (x2 == y) - (x1 == x2) for y, x1, x2 in zip(*row)]
            for row in zip(truths, first, second)]
-  return np.asarray(terms, np.float64).reshape(-1, MAX_NGRAM)
-
-
-def brier_lm(brier_N: np.ndarray) -> np.ndarray:
-  """100 x the geometric mean over the last axis; 0 if any Brier-n <= 0."""
-  brier_N = np.asarray(brier_N, np.float64)
-  positive = np.all(brier_N > 0, axis=-1)
-  log_mean = np.mean(np.log(np.where(brier_N > 0, brier_N, 1.0)), axis=-1)
-  return np.where(positive, 100 * np.exp(log_mean), 0.0)
-
-
-def summarize(terms_PxN: np.ndarray, seed: int = 0, num_resamples: int = 1000,
-              level: float = 0.95) -> dict:
-  """brier_lm, brier_1..4, a bootstrap CI of brier_lm, num_positions."""
-  num_positions = len(terms_PxN)
-  if num_positions == 0:
-    raise UserError('no evaluation positions: the text is shorter than one '
-                    'block plus four n-gram units; lower --block_bytes')
-  brier_N = terms_PxN.mean(0)
-  rng = np.random.default_rng(seed)
-  picks_RxP = rng.integers(0, num_positions, (num_resamples, num_positions))
-  resampled_R = brier_lm(terms_PxN[picks_RxP].mean(1))
-  tail = 100 * (1 - level) / 2
-  metrics = dict(brier_lm=float(brier_lm(brier_N)))
-  metrics.update({f'brier_{n + 1}': float(b) for n, b in enumerate(brier_N)})
-  metrics.update(ci_low=float(np.percentile(resampled_R, tail)),
-                 ci_high=float(np.percentile(resampled_R, 100 - tail)),
-                 num_positions=num_positions)
-  return metrics
+  return np.asarray(terms, np.int64).reshape(-1, MAX_NGRAM)
 
 
 # ------------------------------------------------------------ the positions
+def _word_ends(text: bytes) -> np.ndarray:
+  """Indices i where text[i] is whitespace and text[i - 1] is not."""
+  space_N = np.isin(np.frombuffer(text, np.uint8), _WHITESPACE)
+  return np.flatnonzero(space_N[1:] & ~space_N[:-1]) + 1
+
+
+def context_start(word_ends: np.ndarray, position: int,
+                  block_bytes: int) -> int:
+  """The first word end at or after position - block_bytes (or that byte
+  itself when a single word spans the whole block)."""
+  earliest = position - block_bytes
+  k = np.searchsorted(word_ends, earliest)
+  return int(word_ends[k]) if word_ends[k] < position else earliest
+
+
 def positions(documents, block_bytes: int, num_positions: int, seed: int,
               max_new_bytes: int, unit: str = 'bytes'):
-  """[(context bytes, truth n-grams)] at seeded positions (the protocol)."""
-  candidates = []
+  """([(context bytes, truth n-grams)], positions_key) at word ends drawn
+  with `seed` (the protocol)."""
+  candidates, ends_by_doc = [], []
   for d, text in enumerate(documents):
-    if unit == 'bytes':
-      starts = np.arange(block_bytes, len(text))
-    else:
-      data = np.frombuffer(text, np.uint8)
-      space = np.isin(data, np.frombuffer(b' \t\n\v\f\r', np.uint8))
-      starts = np.flatnonzero(~space[1:] & space[:-1]) + 1
-      starts = starts[starts >= block_bytes]
-    candidates += [(d, int(i)) for i in starts]
+    ends = _word_ends(text)
+    ends_by_doc.append(ends)
+    candidates += [(d, int(i)) for i in ends[ends >= block_bytes]]
   rng = np.random.default_rng(seed)
-  chosen = []
+  chosen, where = [], []
   for index in rng.permutation(len(candidates)):
     d, i = candidates[index]
     text = documents[d]
     truth = ngrams(text[i:i + max_new_bytes], i + max_new_bytes >= len(text),
                    unit)
     if isinstance(truth[-1], bytes):  # MAX_NGRAM units within reach
-      chosen.append((text[i - block_bytes:i], truth))
+      start = context_start(ends_by_doc[d], i, block_bytes)
+      chosen.append((text[start:i], truth))
+      where.append((d, start, i))
     if len(chosen) == num_positions:
       break
-  return chosen
+  return chosen, positions_key(documents, where, max_new_bytes, unit)
+
+
+def positions_key(documents, where, max_new_bytes: int, unit: str) -> str:
+  """A digest of the texts, the (document, context start, position)
+  triples and the n-gram settings: equal keys, equal evaluation items."""
+  digest = hashlib.sha256(f'{max_new_bytes}:{unit}:{MAX_NGRAM}'.encode())
+  for text in documents:
+    digest.update(hashlib.sha256(text).digest())
+  digest.update(np.asarray(where, np.int64).tobytes())
+  return digest.hexdigest()[:16]
 
 
 # -------------------------------------------------- samples from the models
-def _by_length(sequences):
-  """{length: indices}: rows of equal length share one compiled shape."""
+def _batches(sequences, max_rows: int):
+  """Index lists of equal-length sequences, at most max_rows // 2 each
+  (every context is sampled twice), padded to a power of two by repeating
+  the last index, so the samplers compile for few shapes."""
   groups = {}
   for i, sequence in enumerate(sequences):
     groups.setdefault(len(sequence), []).append(i)
-  return groups
+  size = max(1, max_rows // 2)
+  for indices in groups.values():
+    for start in range(0, len(indices), size):
+      batch = indices[start:start + size]
+      padded = 1 << (len(batch) - 1).bit_length()
+      yield batch, batch + [batch[-1]] * (padded - len(batch))
 
 
 def _done(texts, ended, unit: str, max_new_bytes: int) -> bool:
@@ -169,21 +198,27 @@ def _done(texts, ended, unit: str, max_new_bytes: int) -> bool:
              for t, e in zip(texts, ended))
 
 
+def _check_fits(length: int, window: int, what: str):
+  if length > window // 2:
+    raise UserError(f'--block_bytes gives contexts of {length} {what} but the '
+                    f'model samples from at most {window // 2}; lower '
+                    '--block_bytes')
+
+
 def token_lm_continuations(run, contexts, rng, max_new_bytes: int,
-                           temperature: float = 1.0, unit: str = 'bytes'):
+                           temperature: float = 1.0, unit: str = 'bytes',
+                           stats=None):
   """Two (bytes, ended) continuations per context, rows 2p and 2p + 1."""
+  del stats  # a token LM has nothing to report beyond its samples
   tokenizer = run.task.tokenizer
   sampler = generate.TokenSampler(run.task, run.state.params)
   encoded = [np.asarray(tokenizer.encode(c), np.int32) for c in contexts]
   results = [None] * (2 * len(contexts))
-  for length, indices in _by_length(encoded).items():
-    if length > sampler.window // 2:
-      raise UserError(f'--block_bytes is {length} tokens but the token LM '
-                      f'samples from at most {sampler.window // 2}; lower '
-                      '--block_bytes')
-    prompt_BxL = np.repeat(np.stack([encoded[i] for i in indices]), 2, 0)
+  for batch, padded in _batches(encoded, MAX_SAMPLER_ROWS):
+    _check_fits(len(encoded[batch[0]]), sampler.window, 'tokens')
+    prompt_BxL = np.repeat(np.stack([encoded[i] for i in padded]), 2, 0)
     texts, ended = [b''] * len(prompt_BxL), np.zeros(len(prompt_BxL), bool)
-    stream = sampler.stream(prompt_BxL, jax.random.fold_in(rng, length),
+    stream = sampler.stream(prompt_BxL, jax.random.fold_in(rng, batch[0]),
                             max_new_bytes, temperature, 1.0)
     for tokens_B in stream:
       for row in np.flatnonzero(~ended):
@@ -191,48 +226,91 @@ def token_lm_continuations(run, contexts, rng, max_new_bytes: int,
         texts[row] += tokenizer.decode_bytes([int(tokens_B[row])])
       if _done(texts, ended, unit, max_new_bytes):
         break
-    for row, i in enumerate(np.repeat(indices, 2)):
+    for row, i in enumerate(np.repeat(batch, 2)):
       results[2 * i + row % 2] = (texts[row][:max_new_bytes], bool(ended[row]))
   return results
 
 
+def concept_chunks(task, context: bytes, align_fixed: bool = True):
+  """The context's chunks L x K; with fixed-K segmentation (and
+  `align_fixed`) cut at the front to whole chunks (see the module doc)."""
+  tokens_N = np.asarray(task.tokenizer.encode(context), np.int32)
+  K = task.chunk_len
+  if align_fixed and task.autoencoder.config.segment.kind == 'fixed':
+    tokens_N = tokens_N[len(tokens_N) % K:]
+  return np.asarray(task.unit_fn(tokens_N), np.int32).reshape(-1, K)
+
+
 def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
-                             temperature: float = 1.0, unit: str = 'bytes'):
-  """Two (bytes, ended) continuations per context, rows 2p and 2p + 1."""
+                             temperature: float = 1.0, unit: str = 'bytes',
+                             stats=None, align_fixed: bool = True):
+  """Two (bytes, ended) continuations per context, rows 2p and 2p + 1.
+
+  `stats`, a dict, receives `partial_fallback_rate`: the share of samples
+  whose partial last chunk could not be completed within the draw cap.
+  """
   task = run.task
   tokenizer = task.tokenizer
   sampler = concept_generate.ConceptSampler(task, run.state.params,
                                             run.state.frozen)
-  chunks = [np.asarray(task.unit_fn(tokenizer.encode(c)), np.int32)
-            for c in contexts]
+  chunks = [concept_chunks(task, c, align_fixed) for c in contexts]
   results = [None] * (2 * len(contexts))
-  for length, indices in _by_length(chunks).items():
-    if length > sampler.window // 2:
-      raise UserError(f'--block_bytes is {length} chunks but the concept LM '
-                      f'samples from at most {sampler.window // 2}; lower '
-                      '--block_bytes')
-    partial_rng, stream_rng = jax.random.split(jax.random.fold_in(rng, length))
-    contexts_BxLxK, texts = [], []
-    for i in indices:  # the partial last chunk, completed per position
-      chosen_2xK, new_ids = concept_generate.complete_partial(
-          sampler, chunks[i][:-1], chunks[i][-1], 2,
-          jax.random.fold_in(partial_rng, i), temperature)
-      contexts_BxLxK += [np.concatenate([chunks[i][:-1], c[None]])
-                         for c in chosen_2xK]
-      texts += [tokenizer.decode_bytes(ids) for ids in new_ids]
+  fell_back = []
+  for batch, padded in _batches(chunks, MAX_SAMPLER_ROWS):
+    _check_fits(len(chunks[batch[0]]), sampler.window, 'chunks')
+    batch_rng = jax.random.fold_in(rng, batch[0])
+    partial_rng, stream_rng = jax.random.split(batch_rng)
+    chunks_BxLxK = np.stack([chunks[i] for i in padded])
+    chosen_BxRxK, new_ids, fell_back_BxR = concept_generate.complete_partials(
+        sampler, chunks_BxLxK[:, :-1], chunks_BxLxK[:, -1], 2, partial_rng,
+        temperature)
+    fell_back.append(fell_back_BxR[:len(batch)])
+    context_NxLxK = np.concatenate(
+        [np.repeat(chunks_BxLxK[:, :-1], 2, axis=0),
+         chosen_BxRxK.reshape(-1, 1, chunks_BxLxK.shape[-1])], axis=1)
+    texts = [tokenizer.decode_bytes(ids) for row in new_ids for ids in row]
     ended = np.zeros(len(texts), bool)
-    stream = sampler.stream(np.stack(contexts_BxLxK), stream_rng,
-                            max_new_bytes, temperature)
-    for _, chunks_BxK in stream:
+    stream = sampler.stream(context_NxLxK, stream_rng, max_new_bytes,
+                            temperature)
+    for _, chunks_NxK in stream:
       if _done(texts, ended, unit, max_new_bytes):
         break
       for row in np.flatnonzero(~ended):
         ids, ended[row] = concept_generate.chunk_tokens(
-            chunks_BxK[row], task.pad_id, tokenizer.eos_id)
+            chunks_NxK[row], task.pad_id, tokenizer.eos_id)
         texts[row] += tokenizer.decode_bytes(ids)
-    for row, i in enumerate(np.repeat(indices, 2)):
+    for row, i in enumerate(np.repeat(batch, 2)):
       results[2 * i + row % 2] = (texts[row][:max_new_bytes], bool(ended[row]))
+  if stats is not None:
+    stats['partial_fallback_rate'] = float(np.mean(np.concatenate(fell_back)))
   return results
+
+
+def score(continuations, documents, rng, block_bytes=DEFAULT_BLOCK_BYTES,
+          num_positions=DEFAULT_NUM_POSITIONS,
+          max_new_bytes=DEFAULT_MAX_NEW_BYTES, seed=0, unit='bytes') -> dict:
+  """BrierLM of a sampler `continuations(contexts, rng) -> [(bytes, ended)]`
+  (two per context) on `documents` (a list of bytes): the flat metrics with
+  their intervals, the per-position terms (`brier_terms`) and the
+  `positions_key` that pairs them with another run's."""
+  if unit not in UNITS:
+    raise UserError(f'n-gram unit {unit!r} is not one of {UNITS}')
+  if block_bytes < 1 or num_positions < 1 or max_new_bytes < MAX_NGRAM:
+    raise UserError(f'BrierLM needs --block_bytes >= 1, --num_positions >= 1 '
+                    f'and --max_new_bytes >= {MAX_NGRAM}')
+  chosen, key = positions(documents, block_bytes, num_positions, seed,
+                          max_new_bytes, unit)
+  if not chosen:
+    raise UserError('no evaluation positions: the text has no word end with '
+                    f'{block_bytes} bytes before it and {MAX_NGRAM} n-gram '
+                    'units after it; lower --block_bytes or give more text')
+  samples = continuations([context for context, _ in chosen], rng)
+  first = [ngrams(*s, unit) for s in samples[0::2]]
+  second = [ngrams(*s, unit) for s in samples[1::2]]
+  terms_PxN = brier_terms([truth for _, truth in chosen], first, second)
+  return dict(intervals.summarize(terms_PxN, seed), block_bytes=block_bytes,
+              max_new_bytes=max_new_bytes, ngram_unit=unit,
+              positions_key=key, brier_terms=terms_PxN.tolist())
 
 
 CONTINUATIONS = dict(token_lm=token_lm_continuations,
@@ -240,32 +318,18 @@ CONTINUATIONS = dict(token_lm=token_lm_continuations,
                      head_distill=concept_lm_continuations)
 
 
-def score(continuations, documents, rng, block_bytes=128, num_positions=256,
-          max_new_bytes=64, seed=0, unit='bytes') -> dict:
-  """BrierLM of a sampler `continuations(contexts, rng) -> [(bytes, ended)]`
-  (two per context) on `documents` (a list of bytes)."""
-  if unit not in UNITS:
-    raise UserError(f'n-gram unit {unit!r} is not one of {UNITS}')
-  chosen = positions(documents, block_bytes, num_positions, seed,
-                     max_new_bytes, unit)
-  samples = continuations([context for context, _ in chosen], rng)
-  first = [ngrams(*s, unit) for s in samples[0::2]]
-  second = [ngrams(*s, unit) for s in samples[1::2]]
-  terms = brier_terms([truth for _, truth in chosen], first, second)
-  return dict(summarize(terms, seed), block_bytes=block_bytes,
-              max_new_bytes=max_new_bytes, ngram_unit=unit)
-
-
 def evaluate_run(run, documents, seed=0, temperature=1.0, **kwargs) -> dict:
   """BrierLM of a token LM or concept LM run on `documents`."""
   if run.config.task not in CONTINUATIONS:
-    raise UserError(f'BrierLM needs a token_lm or concept_lm run, not '
-                    f'{run.config.task!r}')
+    raise UserError(f'BrierLM scores language models (token_lm, concept_lm, '
+                    f'head_distill), not a {run.config.task!r} run: give the '
+                    'workdir of a language model')
   sample = CONTINUATIONS[run.config.task]
-  max_new_bytes = kwargs.get('max_new_bytes', 64)
+  max_new_bytes = kwargs.get('max_new_bytes', DEFAULT_MAX_NEW_BYTES)
   unit = kwargs.get('unit', 'bytes')
-  continuations = lambda contexts, rng: sample(run, contexts, rng,
-                                               max_new_bytes, temperature,
-                                               unit)
-  return score(continuations, documents, jax.random.key(seed), seed=seed,
-               **kwargs)
+  stats = {}
+  continuations = lambda contexts, rng: sample(
+      run, contexts, rng, max_new_bytes, temperature, unit, stats)
+  metrics = score(continuations, documents, jax.random.key(seed), seed=seed,
+                  **kwargs)
+  return dict(metrics, **stats)

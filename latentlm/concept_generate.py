@@ -26,10 +26,11 @@ temperature goes to the head itself:
 
 The prompt: a new document starts after an EOS chunk, then the prompt's
 chunks. Its last chunk may be cut short (the word or chunk may go on), so the
-model conditions on the whole chunks before it and draws `num_candidates`
-next vectors; the first one whose decoded text starts with that partial
-chunk completes it, and only the rest of its text is new. When none does,
-the partial chunk is read as a whole chunk and generation goes on after it.
+model conditions on the whole chunks before it and draws next chunks until
+one decodes to text that starts with that partial chunk (rejection
+sampling, exact: complete_partials); only the rest of its text is new. After
+MAX_COMPLETION_DRAWS misses the partial chunk is read as a whole chunk and
+generation goes on after it.
 
 Generation stops at a chunk that decodes to EOS (its text before EOS kept) or
 to nothing at all, after `max_bytes`, or (optional, like LCM) at a concept
@@ -38,6 +39,7 @@ with cosine similarity >= 0.9 to the previous one.
 
 import codecs
 import functools
+import itertools
 import re
 
 import jax
@@ -49,7 +51,11 @@ from latentlm.errors import UserError
 from latentlm.models import transformer
 
 DEFAULT_TEMPERATURE = 0.8
-NUM_CANDIDATES = 16  # draws to complete a prompt's partial last chunk
+# Draws per context before a partial last chunk falls back to being read as
+# whole: generous, so that only a model that almost never writes the text
+# the context ends in falls back (and then BrierLM counts it).
+MAX_COMPLETION_DRAWS = 4096
+COMPLETION_ROWS = 1024  # rows of one completion draw (contexts x draws)
 DEFAULT_CANDIDATES = 1  # draws per step for the likelihood-free temperature
 REPEAT_COSINE = 0.9
 
@@ -72,9 +78,9 @@ def on_leaves(fn, trees_def):
   """fn(*trees, *args) as a function of the trees' leaves in one list.
 
   A jitted call flattens its pytree arguments anew each time, and nested
-  param dicts are slow to flatten: at batch 1 on CPU, passing a `tiny`
-  concept LM's params and stage 1's as dicts cost 5-9% of a generation step.
-  A sampler flattens them once and passes the list.
+  param dicts are slow to flatten: at batch 1 on CPU that is a visible share
+  of a generation step (docs/results/generation_speed.md). A sampler
+  flattens them once and passes the list.
   """
   return lambda leaves, *args: fn(*jax.tree.unflatten(trees_def, leaves),
                                   *args)
@@ -168,20 +174,22 @@ class ConceptSampler:
       return cache
     return self.feed(chunks_BxLxK, cache)[1]
 
-  def next_chunks(self, context_LxK: np.ndarray, num_rows: int, rng,
+  def next_chunks(self, context_BxLxK: np.ndarray, draws: int, rng,
                   temperature: float):
-    """(z_RxZ, chunks_RxK): num_rows draws of the chunk after one context,
-    the first step of `stream` on num_rows copies of it, with the context
-    prefilled once and its cache shared rather than recomputed per row."""
-    history_LxK = np.asarray(context_LxK)[-(self.window // 2):]
-    cache = self._prefill(history_LxK[None, :-1])
-    cache = cache.replace(k=jnp.repeat(cache.k, num_rows, axis=1),
-                          v=jnp.repeat(cache.v, num_rows, axis=1))
-    pending_RxK = np.broadcast_to(history_LxK[-1],
-                                  (num_rows, history_LxK.shape[-1]))
-    z_RxZ, chunks_RxK, _ = self.step_fn(
-        self.weights, pending_RxK, cache, rng, 0, temperature)
-    return np.asarray(z_RxZ), np.asarray(chunks_RxK)
+    """(z_BxDxZ, chunks_BxDxK): `draws` draws of the chunk after each
+    context, the first step of `stream` on `draws` copies of it, with each
+    context prefilled once and its cache shared rather than recomputed per
+    draw."""
+    history_BxLxK = np.asarray(context_BxLxK)[:, -(self.window // 2):]
+    B = history_BxLxK.shape[0]
+    cache = self._prefill(history_BxLxK[:, :-1])
+    cache = cache.replace(k=jnp.repeat(cache.k, draws, axis=1),
+                          v=jnp.repeat(cache.v, draws, axis=1))
+    pending_NxK = np.repeat(history_BxLxK[:, -1], draws, axis=0)
+    z_NxZ, chunks_NxK, _ = self.step_fn(
+        self.weights, pending_NxK, cache, rng, 0, temperature)
+    return (np.asarray(z_NxZ).reshape(B, draws, -1),
+            np.asarray(chunks_NxK).reshape(B, draws, -1))
 
   def stream(self, context_BxLxK: np.ndarray, rng, max_new: int,
              temperature: float):
@@ -191,7 +199,7 @@ class ConceptSampler:
     is refilled from the last half of the window. Step i + 1 is dispatched
     before step i's outputs are read: its input, step i's chunks, stays on
     the device, so the host's share of a step (the dispatch, the caller's
-    work) overlaps the device's (17-20% faster at batch 1 on 2 CPU cores).
+    work) overlaps the device's (docs/results/generation_speed.md).
     """
     history_BxLxK = np.asarray(context_BxLxK)[:, -(self.window // 2):]
     cache = self._prefill(history_BxLxK[:, :-1])
@@ -252,36 +260,64 @@ def prompt_chunks(task, prompt: str):
   return np.concatenate([eos_K[None], chunks_MxK[:-1]]), chunks_MxK[-1]
 
 
-def complete_partial(sampler, context_LxK, partial_K, num_rows, rng,
-                     temperature, num_candidates=NUM_CANDIDATES):
-  """Per row, (the chunk that completes `partial_K`, its new token ids).
+def _is_partial(chunk_K, pad_id: int, eos_id: int) -> bool:
+  """Whether a context's last chunk has room to grow: a full chunk cannot,
+  so the chunk after it is drawn unconstrained."""
+  return len(chunk_tokens(chunk_K, pad_id, eos_id)[0]) < len(chunk_K)
 
-  Draws num_candidates next chunks per row; the first whose text starts with
-  the partial chunk's wins. A row with no such candidate reads the partial
-  chunk itself and adds nothing.
+
+def _power_of_two_at_least(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
+                      rng, temperature, max_draws: int = MAX_COMPLETION_DRAWS):
+  """Completes each context's partial last chunk, num_rows times.
+
+  The text so far ends in `partial_BxK[b]` (a chunk with room left): the
+  model's next chunk must start with its text. Rejection sampling draws
+  next chunks after the whole chunks `context_BxLxK[b]` until num_rows of
+  them start with that text; the first matches of i.i.d. draws are i.i.d.
+  draws of p(chunk | it starts with the partial text), so the completion is
+  exact. A context whose matches are still missing after `max_draws` draws
+  falls back to reading the partial chunk as whole for the rows left (no
+  new text), and says so: the caller counts it.
+
+  Returns (chosen_BxRxK, new_ids [B][R] token ids after the partial text,
+  fell_back_BxR). A full last chunk draws nothing.
   """
   task = sampler.task
-  partial = chunk_tokens(partial_K, task.pad_id, task.tokenizer.eos_id)[0]
-  if len(partial) == len(partial_K):
-    # A full chunk has no room: the only candidate that could match is the
-    # chunk itself, so every row reads it as it is. Skip the draws.
-    return np.stack([partial_K] * num_rows), [[] for _ in range(num_rows)]
-  rows = num_rows * num_candidates
-  _, candidates_RxK = sampler.next_chunks(context_LxK, rows, rng,
-                                         temperature)
-  chosen, new_ids = [], []
-  for row in range(num_rows):
-    group = candidates_RxK[row * num_candidates:(row + 1) * num_candidates]
-    for chunk_K in group:
-      ids, ended = chunk_tokens(chunk_K, task.pad_id, task.tokenizer.eos_id)
-      if not ended and ids[:len(partial)] == partial:
-        chosen.append(chunk_K)
-        new_ids.append(ids[len(partial):])
-        break
-    else:
-      chosen.append(partial_K)
-      new_ids.append([])
-  return np.stack(chosen), new_ids
+  pad_id, eos_id = task.pad_id, task.tokenizer.eos_id
+  B = len(partial_BxK)
+  partials = [chunk_tokens(p_K, pad_id, eos_id)[0] for p_K in partial_BxK]
+  chosen = [[p_K] * num_rows for p_K in partial_BxK]
+  new_ids = [[[] for _ in range(num_rows)] for _ in range(B)]
+  filled_B = np.array([0 if _is_partial(p_K, pad_id, eos_id) else num_rows
+                       for p_K in partial_BxK])
+  drawn_B = np.zeros(B, np.int64)
+  for round_index in itertools.count():
+    open_O = np.flatnonzero((filled_B < num_rows) & (drawn_B < max_draws))
+    if not len(open_O):
+      break
+    # Powers of two bound the shapes a sampler compiles for.
+    bucket = _power_of_two_at_least(len(open_O))
+    rows = np.concatenate([open_O, np.repeat(open_O[-1:], bucket - len(open_O))])
+    draws = max(1, COMPLETION_ROWS // bucket)
+    _, candidates_BxDxK = sampler.next_chunks(
+        np.asarray(context_BxLxK)[rows], draws,
+        jax.random.fold_in(rng, round_index), temperature)
+    for b, candidates_DxK in zip(open_O, candidates_BxDxK):
+      drawn_B[b] += draws
+      for chunk_K in candidates_DxK:
+        ids, ended = chunk_tokens(chunk_K, pad_id, eos_id)
+        if not ended and ids[:len(partials[b])] == partials[b]:
+          chosen[b][filled_B[b]] = chunk_K
+          new_ids[b][filled_B[b]] = ids[len(partials[b]):]
+          filled_B[b] += 1
+          if filled_B[b] == num_rows:
+            break
+  fell_back_BxR = np.arange(num_rows)[None] >= filled_B[:, None]
+  return np.asarray(chosen), new_ids, fell_back_BxR
 
 
 def concept_lm_texts(run, prompt: str, num_samples: int, rng,
@@ -308,12 +344,13 @@ def concept_lm_texts(run, prompt: str, num_samples: int, rng,
                                                 *context_LxK.shape))
   partial_rng, rng = jax.random.split(rng)
   if partial_K is not None:
-    chosen_BxK, new_ids = complete_partial(sampler, context_LxK, partial_K,
-                                           num_samples, partial_rng,
-                                           temperature)
-    for row, ids in enumerate(new_ids):
+    chosen_1xRxK, new_ids, _ = complete_partials(
+        sampler, context_LxK[None], partial_K[None], num_samples,
+        partial_rng, temperature)
+    for row, ids in enumerate(new_ids[0]):
       emit(row, ids)
-    context_BxLxK = np.concatenate([context_BxLxK, chosen_BxK[:, None]], 1)
+    context_BxLxK = np.concatenate([context_BxLxK, chosen_1xRxK[0][:, None]],
+                                   1)
 
   done = np.zeros(num_samples, bool)
   previous_BxZ = None

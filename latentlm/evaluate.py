@@ -34,7 +34,7 @@ def eval_batches(run, split: str | None, text_path: str | None,
   """Every row of the split (or the text) once, padded to whole batches."""
   source = None
   if text_path is not None:
-    source = [{'text': corpus.read_text_file(text_path)}]
+    source = [{'text': corpus.read_text_to_score(text_path)}]
   return train.make_data(run.config, run.task, split, batch_size,
                          seed=run.config.seed, shuffle=False, num_epochs=1,
                          source=source)
@@ -42,6 +42,9 @@ def eval_batches(run, split: str | None, text_path: str | None,
 
 def token_lm_metrics(run, batches) -> dict:
   metrics = run.trainer.evaluate(run.state, batches, max_batches=10**9)
+  if not metrics.get('num_bytes'):
+    raise cli.UserError('the evaluation text has no bytes to score; give a '
+                        'text with content')
   return dict(bits_per_byte=metrics['bits_per_byte'],
               token_accuracy=metrics['accuracy'], loss=metrics['loss'],
               num_bytes=metrics['num_bytes'])
@@ -67,7 +70,7 @@ def evaluate_brier(run, split=None, text_path=None, **kwargs) -> dict:
   """BrierLM on the split's documents (or the text), as brier.py defines."""
   split = split or run.config.data.eval_split
   if text_path is not None:
-    documents = [corpus.read_text_file(text_path)]
+    documents = [corpus.read_text_to_score(text_path)]
   else:
     documents = [t if isinstance(t, bytes) else t.encode('utf-8')
                  for t in corpus.split_texts(run.config.data, split)]
@@ -115,12 +118,14 @@ def define_flags():
                           '(token and concept LMs). Repeatable.')
   flags.DEFINE_integer('step', None, 'Evaluate this kept checkpoint '
                        '(default: the latest).')
-  flags.DEFINE_integer('num_positions', 256, 'BrierLM positions (more: a '
-                       'narrower CI, linearly slower).')
-  flags.DEFINE_integer('block_bytes', 128, 'BrierLM context bytes before '
-                       'each position.')
-  flags.DEFINE_integer('max_new_bytes', 64, 'BrierLM: longest continuation '
-                       'sampled per position.')
+  flags.DEFINE_integer('num_positions', brier.DEFAULT_NUM_POSITIONS,
+                       'BrierLM positions (more: a narrower interval, '
+                       'linearly slower).')
+  flags.DEFINE_integer('block_bytes', brier.DEFAULT_BLOCK_BYTES,
+                       'BrierLM: at most this many context bytes before each '
+                       'position (the same for every model compared).')
+  flags.DEFINE_integer('max_new_bytes', brier.DEFAULT_MAX_NEW_BYTES,
+                       'BrierLM: longest continuation sampled per position.')
   flags.DEFINE_integer('seed', 0, 'BrierLM positions and samples.')
   flags.DEFINE_enum('ngram_unit', 'bytes', ['bytes', 'words'], 'BrierLM '
                     'n-grams of bytes or of words (see latentlm/brier.py).')
@@ -130,7 +135,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   if f.text is not None:
-    corpus.read_text_file(f.text, warn=False)  # fail on a missing file first
+    corpus.read_text_to_score(f.text, warn=False)  # fail on a missing file first
   run = runs.load(f.workdir, devices=jax.devices())
   if f.step is not None:
     run = at_step(run, f.workdir, f.step)
@@ -144,6 +149,9 @@ def main(argv):
     else:
       metrics = evaluate(run, f.split, f.text, f.batch_size)
     record(f.workdir, dict(metrics, metric=metric))
+    # The per-position terms go to the record only (report pairs runs with
+    # them); the printed line stays one readable object.
+    metrics.pop('brier_terms', None)
     for name, value in metrics.items():
       print(f'{name:>24s}  {value}')
     print(json.dumps(metrics))

@@ -1,4 +1,4 @@
-"""Model FLOPs per train step, from the config alone, and MFU (against a
+"""Model FLOPs of training, from the config alone, and MFU (against a
 timed matmul off TPU).
 
 Model FLOPs count the matmuls the model needs, not what the compiled program
@@ -7,16 +7,30 @@ A dense layer with P weights costs 2 * P FLOPs per token forward, and the
 backward pass twice that (gradients of inputs and of weights), so 6 * P to
 train. Attention adds QK^T and AV; a causal mask halves them (MaxText's
 convention), although a dense kernel still computes the masked half.
+
+A step's count is everything its program needs, trained or not: a concept
+LM's step also runs its frozen stage-1 encoder forward (to make its targets
+and, for latent input, its inputs) and the auxiliary token readout, and
+these are part of what an equal-FLOPs comparison must charge it. A run's
+all-in FLOPs add the stages it builds on (`upstream_flops`): a concept LM's
+stage 1, a distilled head's teacher (with the teacher's own stage 1). A
+head, task, segmentation, encoder, input or solver that this module has no
+count for is a UserError, never a silent default: a wrong count would skew
+every equal-FLOPs study without a sign.
 """
 
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latentlm import workdir
+from latentlm import config_lib
+from latentlm.errors import UserError
 from latentlm.models import concept
+from latentlm.tasks import concept_lm as concept_lm_task
+from latentlm.tasks import head_distill as head_distill_task
 
 # Forward + backward = 3 forwards.
 TRAIN_PASSES = 3
@@ -42,6 +56,15 @@ _TPU_KINDS = {
 
 def _per_token(forward: float) -> dict:
   return dict(forward=float(forward), train=float(TRAIN_PASSES * forward))
+
+
+def _add(*counts: dict) -> dict:
+  return {k: sum(count[k] for count in counts) for k in counts[0]}
+
+
+def _swiglu_weights(num_layers: int, width: int, mlp_dim: int) -> int:
+  """`num_layers` SwiGLU blocks: gate, up and down."""
+  return num_layers * 3 * width * mlp_dim
 
 
 def attention_flops_per_token(seq_len: int, num_heads: int, head_dim: int,
@@ -70,11 +93,11 @@ def transformer_flops_per_token(model_config, seq_len: int,
   c = model_config
   qkv_weights = c.d_model * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
   out_weights = c.num_heads * c.head_dim * c.d_model
-  mlp_weights = 3 * c.d_model * c.mlp_dim  # SwiGLU: gate, up, down
+  mlp_weights = _swiglu_weights(1, c.d_model, c.mlp_dim)
   dense = dense_flops_per_token(qkv_weights + out_weights + mlp_weights)
   attention = attention_flops_per_token(seq_len, c.num_heads, c.head_dim,
                                         causal)
-  return {k: c.num_layers * (dense[k] + attention[k]) for k in dense}
+  return {k: c.num_layers * v for k, v in _add(dense, attention).items()}
 
 
 def token_lm_flops_per_token(model_config, seq_len: int) -> dict:
@@ -85,54 +108,205 @@ def token_lm_flops_per_token(model_config, seq_len: int) -> dict:
   """
   stack = transformer_flops_per_token(model_config, seq_len, causal=True)
   head = dense_flops_per_token(model_config.d_model * model_config.vocab_size)
-  return {k: stack[k] + head[k] for k in stack}
+  return _add(stack, head)
 
 
-def autoencoder_flops_per_chunk(model_config) -> dict:
-  """Concept encoder and decoder (latentlm.models.concept), per chunk.
+def _known(table: dict, value, what: str):
+  """table[value], or a one-line UserError naming `value` and the values
+  the table knows: a count this module lacks must not default to another's."""
+  if value not in table:
+    raise UserError(f'latentlm.flops has no count for {what} {value!r}; it '
+                    f'knows {sorted(table)}'
+                    f'{config_lib.suggest(str(value), table)}')
+  return table[value]
 
-  Both halves have per-token SwiGLU blocks on the K positions, a K*D*D
-  flatten (unflatten) between positions and chunk, and per-chunk blocks; the
-  encoder adds the posterior's mean and log-std, the decoder the latent's
-  input projection and the K-position output head. The 'transformer'
-  encoder replaces the per-token blocks and the flatten with a bidirectional
-  stack over the K positions.
-  """
-  c = concept.AutoencoderConfig.from_config(model_config)
+
+# --- the autoencoder (stage 1) ---------------------------------------------
+def _mlp_encoder_flops(c) -> dict:
+  """Per-token blocks on the K positions, the K*D*D flatten into one
+  chunk vector, per-chunk blocks, the posterior's mean and log-std."""
   K, D, Z = c.chunk_len, c.d_model, c.latent_dim
-  blocks = c.num_layers * 3 * D * c.mlp_dim  # SwiGLU: gate, up, down
-  decoder = decoder_flops_per_chunk(model_config)
-  if c.encoder == 'mlp':
-    encoder = dense_flops_per_token(K * blocks + K * D * D + blocks +
-                                    2 * D * Z)
-  else:
-    stack = transformer_flops_per_token(c.transformer_config(), K,
-                                        causal=False)
-    posterior = dense_flops_per_token(2 * D * Z)
-    encoder = {k: K * stack[k] + posterior[k] for k in stack}
-  return {k: encoder[k] + decoder[k] for k in encoder}
+  blocks = _swiglu_weights(c.num_layers, D, c.mlp_dim)
+  return dense_flops_per_token(K * blocks + K * D * D + blocks + 2 * D * Z)
+
+
+def _transformer_encoder_flops(c) -> dict:
+  """A bidirectional stack over the K positions, then the posterior."""
+  stack = transformer_flops_per_token(c.transformer_config(), c.chunk_len,
+                                      causal=False)
+  posterior = dense_flops_per_token(2 * c.d_model * c.latent_dim)
+  return _add({k: c.chunk_len * v for k, v in stack.items()}, posterior)
+
+
+# model.encoder of an autoencoder -> its FLOPs per chunk.
+_ENCODERS = {'mlp': _mlp_encoder_flops,
+             'transformer': _transformer_encoder_flops}
+
+
+def encoder_flops_per_chunk(model_config) -> dict:
+  """The concept encoder (latentlm.models.concept), per chunk."""
+  c = concept.AutoencoderConfig.from_config(model_config)
+  return _known(_ENCODERS, c.encoder, 'encoder')(c)
 
 
 def decoder_flops_per_chunk(model_config) -> dict:
-  """The concept decoder alone, per chunk (see autoencoder_flops_per_chunk)."""
+  """The concept decoder, per chunk: the latent's input projection,
+  per-chunk blocks, the D*K*D unflatten, per-token blocks on the K
+  positions and the K-position output head."""
   c = concept.AutoencoderConfig.from_config(model_config)
   K, D, Z = c.chunk_len, c.d_model, c.latent_dim
-  blocks = c.num_layers * 3 * D * c.mlp_dim
+  blocks = _swiglu_weights(c.num_layers, D, c.mlp_dim)
   return dense_flops_per_token(Z * D + blocks + D * K * D + K * blocks +
                                K * D * c.vocab_size)
 
 
+def autoencoder_flops_per_chunk(model_config) -> dict:
+  """Concept encoder and decoder, per chunk."""
+  return _add(encoder_flops_per_chunk(model_config),
+              decoder_flops_per_chunk(model_config))
+
+
+def _padded_chunks(num_chunks: int) -> int:
+  """Each chunk is padded to K tokens, so it costs the same full or not."""
+  return num_chunks
+
+
+# segment.kind of a stage-1 config -> the chunks the models compute on in a
+# row of `num_chunks`.
+_SEGMENTATIONS = {'fixed': _padded_chunks, 'words': _padded_chunks,
+                  'sentences': _padded_chunks}
+
+
+def _row_chunks(autoencoder, num_chunks: int) -> int:
+  """Chunks computed in a row of `num_chunks` of `autoencoder`'s
+  segmentation."""
+  kind = autoencoder.segment.kind
+  return _known(_SEGMENTATIONS, kind, 'segmentation')(num_chunks)
+
+
+# --- generative heads ------------------------------------------------------
+# Each maps (head config, d_model, latent_dim Z, targets) to the weights its
+# loss multiplies at one position. The trunk projects h to H, and its
+# modulations (3 per block, 2 at the end) read the condition; each stream it
+# runs has the blocks' two matmuls and the input and output projections.
+def _trunk_weights(head):
+  """(modulations, blocks) of a head's trunk."""
+  H, L = head.hidden_dim, head.num_layers
+  return H * H * (3 * L + 2), 2 * H * H * L
+
+
+def _mse_weights(head, d_model, Z, num_targets):
+  """One stream on the condition, to the latent."""
+  del num_targets  # the mean is scored against all of them at once
+  modulations, blocks = _trunk_weights(head)
+  return d_model * head.hidden_dim + modulations + blocks + head.hidden_dim * Z
+
+
+def _gmm_weights(head, d_model, Z, num_targets):
+  """One stream on the condition, to each component's weight, means, stds."""
+  del num_targets  # the likelihood of each costs no matmul
+  modulations, blocks = _trunk_weights(head)
+  outputs = head.num_components * (1 + 2 * Z)
+  return d_model * head.hidden_dim + modulations + blocks + (
+      head.hidden_dim * outputs)
+
+
+def _energy_weights(head, d_model, Z, num_targets):
+  """One condition, num_samples streams from noise."""
+  del num_targets  # the score compares samples and targets without matmuls
+  H = head.hidden_dim
+  modulations, blocks = _trunk_weights(head)
+  stream = head.noise_dim * H + blocks + H * Z
+  return d_model * H + modulations + head.num_samples * stream
+
+
+def _per_target_weights(head, d_model, Z, num_targets):
+  """A stream per target, whose condition adds the time (features -> H), so
+  its modulations run per target too (flow, diffusion)."""
+  H = head.hidden_dim
+  modulations, blocks = _trunk_weights(head)
+  stream = H * H + modulations + Z * H + blocks + H * Z
+  return d_model * H + num_targets * stream
+
+
+# head.name -> the weights of its training loss per position.
+_HEADS = {'mse': _mse_weights, 'gmm': _gmm_weights, 'energy': _energy_weights,
+          'flow': _per_target_weights, 'diffusion': _per_target_weights}
+
+
+def head_flops_per_position(head, d_model: int, latent_dim: int,
+                            num_targets: int) -> dict:
+  """A generative head's loss (latentlm.models.heads) at one concept
+  position, against `num_targets` target samples."""
+  weights = _known(_HEADS, head.name, 'head')
+  return dense_flops_per_token(weights(head, d_model, latent_dim,
+                                       num_targets))
+
+
+# head.solver of a flow head -> the velocities its S steps evaluate: Heun's
+# last step is Euler's; Adams-Bashforth reuses the last step's.
+_SOLVER_VELOCITIES = {'euler': lambda S: S, 'heun': lambda S: 2 * S - 1,
+                      'ab2': lambda S: S}
+
+
 def flow_sample_flops_per_position(head, d_model: int, latent_dim: int):
   """A flow head's sampler at one position (heads/flow.py): the condition,
-  the modulations of its S step times, then one stream per velocity (S, or
-  2S - 1 for Heun) of one row, or two when guided (the input projection
-  shared by both)."""
+  the modulations of its S step times, then one stream per velocity of one
+  row, or two when guided (the input projection shared by both)."""
   H, Z, L, S = head.hidden_dim, latent_dim, head.num_layers, head.num_steps
   rows = 1 if head.guidance_scale == 1.0 else 2
-  velocities = 2 * S - 1 if head.solver == 'heun' else S
+  velocities = _known(_SOLVER_VELOCITIES, head.solver, 'flow solver')(S)
   stream = rows * (2 * H * H * L + H * Z) + Z * H
   return dense_flops_per_token(d_model * H + S * H * H * (3 * L + 2) +
                                velocities * stream)
+
+
+# --- the concept LM (stage 2) ----------------------------------------------
+class _Input(NamedTuple):
+  """What a concept LM reads at a position (config.model.input)."""
+  weights: Callable[[int, int, int], int]  # (K, D, Z) -> its projection's
+  encoded: bool  # made by the frozen encoder
+
+
+# config.model.input -> its projection into the backbone and its source.
+_INPUTS = {'tokens': _Input(lambda K, D, Z: K * D * D, encoded=False),
+           'latent': _Input(lambda K, D, Z: Z * D, encoded=True)}
+
+
+def _input_kind(config) -> _Input:
+  return _known(_INPUTS, config.model.input, 'concept LM input')
+
+
+def backbone_flops_per_position(config, autoencoder) -> dict:
+  """A concept LM's causal stack and its input projection, per concept."""
+  K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
+  stack = transformer_flops_per_token(config.model, config.data.seq_len)
+  inputs = _input_kind(config).weights(K, config.model.d_model, Z)
+  return _add(stack, dense_flops_per_token(inputs))
+
+
+def token_readout_flops_per_position(config, autoencoder) -> dict:
+  """The auxiliary readout of the next chunk's K token logits off h
+  (models/concept_lm.py), which the step runs when token_loss_weight > 0."""
+  weights = config.model.d_model * autoencoder.model.chunk_len * (
+      config.model.vocab_size)
+  return dense_flops_per_token(weights if config.token_loss_weight > 0 else 0)
+
+
+def concept_lm_flops_per_position(config, autoencoder=None) -> dict:
+  """What a concept LM trains per concept: the causal stack, its input
+  projection, the head and the auxiliary token readout. The frozen
+  encoder's forward pass is per chunk (train_flops_per_step adds it).
+
+  K and the latent size come from the stage-1 config: `autoencoder`, or
+  else that of the stage-1 workdir.
+  """
+  autoencoder = _stage1(config, autoencoder)
+  head = head_flops_per_position(config.head, config.model.d_model,
+                                 autoencoder.model.latent_dim,
+                                 config.head_targets)
+  return _add(backbone_flops_per_position(config, autoencoder), head,
+              token_readout_flops_per_position(config, autoencoder))
 
 
 def head_distill_flops_per_position(config, teacher_head, autoencoder):
@@ -150,89 +324,134 @@ def head_distill_flops_per_position(config, teacher_head, autoencoder):
           3 * decoder['forward'])
 
 
-def head_flops_per_position(head, d_model: int, latent_dim: int,
-                            num_targets: int) -> dict:
-  """A generative head (latentlm.models.heads) at one concept position.
-
-  The trunk projects h to H, and its modulations (3 per block, 2 at the
-  end) read the condition; each stream it runs has the blocks' two matmuls
-  and the input and output projections. mse and gmm run one stream on the
-  condition; energy runs num_samples streams from noise; flow and diffusion
-  one per target, whose condition adds the time, so modulations run per
-  target too.
-  """
-  H, Z, L = head.hidden_dim, latent_dim, head.num_layers
-  modulations = H * H * (3 * L + 2)
-  blocks = 2 * H * H * L
-  if head.name == 'mse':
-    weights = d_model * H + modulations + blocks + H * Z
-  elif head.name == 'gmm':
-    outputs = head.num_components * (1 + 2 * Z)  # weights, means, stds
-    weights = d_model * H + modulations + blocks + H * outputs
-  elif head.name == 'energy':
-    stream = head.noise_dim * H + blocks + H * Z
-    weights = d_model * H + modulations + head.num_samples * stream
-  else:  # flow, diffusion: time features -> H, then the trunk per target
-    stream = H * H + modulations + Z * H + blocks + H * Z
-    weights = d_model * H + num_targets * stream
-  return dense_flops_per_token(weights)
+# --- the stages a run builds on --------------------------------------------
+def _stage1(config, autoencoder=None, teacher=None):
+  """A concept LM's stage-1 config: `autoencoder`, or else its workdir's
+  (a distilled head's defaults to its teacher's)."""
+  if autoencoder is not None:
+    return autoencoder
+  path = config.autoencoder_workdir
+  if not path and teacher is not None:
+    path = teacher.autoencoder_workdir
+  return concept_lm_task.load_autoencoder_config(path)
 
 
-def backbone_flops_per_position(config, autoencoder) -> dict:
-  """A concept LM's causal stack and its input projection, per concept."""
-  K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
-  D = config.model.d_model
-  stack = transformer_flops_per_token(config.model, config.data.seq_len)
-  inputs = dense_flops_per_token(K * D * D if config.model.input == 'tokens'
-                                 else Z * D)
-  return {k: stack[k] + inputs[k] for k in stack}
+def _teacher(config, teacher=None):
+  """A distilled head's teacher config: `teacher`, or its workdir's."""
+  if teacher is not None:
+    return teacher
+  return head_distill_task.load_teacher_config(config.teacher_workdir)
 
 
-def concept_lm_flops_per_position(config, autoencoder=None) -> dict:
-  """The causal stack, its input projection and the head, per concept.
-
-  K and the latent size come from the stage-1 config: `autoencoder`, or
-  else that of the stage-1 workdir. Its frozen encoder, which makes inputs
-  and targets, is not counted: like a tokenizer, it prepares data, and
-  nothing of it is trained.
-  """
-  if autoencoder is None:
-    autoencoder = workdir.Workdir(config.autoencoder_workdir).load_config()
-  backbone = backbone_flops_per_position(config, autoencoder)
-  head = head_flops_per_position(config.head, config.model.d_model,
-                                 autoencoder.model.latent_dim,
-                                 config.head_targets)
-  return {k: backbone[k] + head[k] for k in backbone}
+# --- one step of each task -------------------------------------------------
+# Each takes (config, autoencoder, teacher): the stage configs it builds on,
+# None to read them from the workdirs the config names.
+def _token_lm_step(config, autoencoder, teacher):
+  del autoencoder, teacher
+  tokens = config.train.batch_size * config.data.seq_len
+  return tokens * token_lm_flops_per_token(config.model,
+                                           config.data.seq_len)['train']
 
 
-def train_flops_per_step(config, autoencoder=None) -> float:
-  """Model FLOPs of one optimizer step of `config` (all devices together);
-  a concept LM's stage-1 config is `autoencoder` or its workdir's.
+def _autoencoder_step(config, autoencoder, teacher):
+  del autoencoder, teacher
+  chunks = config.train.batch_size * _row_chunks(config, config.data.seq_len)
+  return chunks * autoencoder_flops_per_chunk(config.model)['train']
+
+
+def _concept_lm_step(config, autoencoder, teacher):
+  """Rows of S + 1 chunks: the frozen encoder reads all of them (targets
+  and, for latent input, inputs), and S are trained positions."""
+  del teacher
+  autoencoder = _stage1(config, autoencoder)
+  B, chunks = config.train.batch_size, _row_chunks(autoencoder,
+                                                   config.data.seq_len + 1)
+  trained = concept_lm_flops_per_position(config, autoencoder)['train']
+  encoder = encoder_flops_per_chunk(autoencoder.model)['forward']
+  return B * ((chunks - 1) * trained + chunks * encoder)
+
+
+def _head_distill_step(config, autoencoder, teacher):
+  """The teacher's samples are the targets: the encoder reads only inputs,
+  and only for latent input."""
+  teacher = _teacher(config, teacher)
+  autoencoder = _stage1(config, autoencoder, teacher)
+  B, chunks = config.train.batch_size, _row_chunks(autoencoder,
+                                                   config.data.seq_len + 1)
+  per_position = head_distill_flops_per_position(config, teacher.head,
+                                                 autoencoder)
+  if _input_kind(config).encoded:
+    per_position += encoder_flops_per_chunk(autoencoder.model)['forward']
+  return B * (chunks - 1) * per_position
+
+
+def _no_upstream(config, autoencoder, teacher):
+  del config, autoencoder, teacher
+  return 0.0
+
+
+def _stage1_upstream(config, autoencoder, teacher):
+  del teacher
+  autoencoder = _stage1(config, autoencoder)
+  return all_in_flops(autoencoder, autoencoder.train.num_steps)
+
+
+def _teacher_upstream(config, autoencoder, teacher):
+  teacher = _teacher(config, teacher)
+  autoencoder = _stage1(config, autoencoder, teacher)
+  return all_in_flops(teacher, teacher.train.num_steps, autoencoder)
+
+
+class _Task(NamedTuple):
+  step: Callable  # FLOPs of one optimizer step
+  upstream: Callable  # all-in FLOPs of the stages it builds on
+
+
+# config.task -> its counts. A token LM's tokenizer, like a data pipeline,
+# is not model FLOPs.
+_TASKS = {'token_lm': _Task(_token_lm_step, _no_upstream),
+          'autoencoder': _Task(_autoencoder_step, _no_upstream),
+          'concept_lm': _Task(_concept_lm_step, _stage1_upstream),
+          'head_distill': _Task(_head_distill_step, _teacher_upstream)}
+
+
+def train_flops_per_step(config, autoencoder=None, teacher=None) -> float:
+  """Model FLOPs of one optimizer step of `config` (all devices together):
+  everything the step runs, frozen stage-1 encoder and auxiliary heads
+  included. A concept LM's stage-1 config is `autoencoder`, a distilled
+  head's teacher config `teacher`; None reads them from the workdirs
+  the config names.
 
   Uses `config.model.vocab_size`; a tokenizer with another vocabulary size
-  must be reflected there for the head term to be right.
+  must be reflected there for the output terms to be right.
   """
-  if config.task == 'token_lm':
-    tokens = config.train.batch_size * config.data.seq_len
-    return tokens * token_lm_flops_per_token(config.model,
-                                             config.data.seq_len)['train']
-  if config.task == 'autoencoder':
-    chunks = config.train.batch_size * config.data.seq_len
-    return chunks * autoencoder_flops_per_chunk(config.model)['train']
-  if config.task == 'concept_lm':
-    positions = config.train.batch_size * config.data.seq_len
-    per_position = concept_lm_flops_per_position(config, autoencoder)
-    return positions * per_position['train']
-  if config.task == 'head_distill':
-    teacher = workdir.Workdir(config.teacher_workdir).load_config()
-    if autoencoder is None:
-      autoencoder = workdir.Workdir(config.autoencoder_workdir or
-                                    teacher.autoencoder_workdir).load_config()
-    positions = config.train.batch_size * config.data.seq_len
-    return positions * head_distill_flops_per_position(config, teacher.head,
-                                                       autoencoder)
-  raise ValueError(f'unknown task {config.task!r}')
+  count = _known(_TASKS, config.task, 'task')
+  return float(count.step(config, autoencoder, teacher))
 
+
+def upstream_flops(config, autoencoder=None, teacher=None) -> float:
+  """All-in training FLOPs of the stages `config` builds on, from their
+  configs (so a budget can be set before anything trains): a concept LM's
+  stage 1; a distilled head's teacher, stage 1 included; 0 for the rest."""
+  count = _known(_TASKS, config.task, 'task')
+  return float(count.upstream(config, autoencoder, teacher))
+
+
+def all_in_flops(config, step: int, autoencoder=None, teacher=None) -> float:
+  """Training FLOPs of `config` after `step` steps, every stage it builds
+  on included: what an equal-FLOPs comparison charges a run."""
+  return upstream_flops(config, autoencoder, teacher) + (
+      step * train_flops_per_step(config, autoencoder, teacher))
+
+
+def pipeline_flops(config) -> float:
+  """All-in training FLOPs of a pipeline config (config.stages) when every
+  stage has run: its last stage's, which counts the stages before it."""
+  from latentlm import train  # pylint: disable=g-import-not-at-top
+  stages = config.stages
+  last = stages[train.pipeline_stages(config)[-1]]
+  return all_in_flops(last, last.train.num_steps, stages.autoencoder,
+                      stages.concept_lm)
 
 def mfu(flops_per_step: float, step_time_s: float,
         peak_flops_per_s: float) -> float:

@@ -206,6 +206,9 @@ def train(config, workdir_path: str) -> dict:
   num_steps = config.train.num_steps
   tokens_per_step = task.tokens_per_step()
   model_flops_per_step = flops.train_flops_per_step(config)
+  # The stages this run builds on (a concept LM's stage 1), counted in its
+  # all-in FLOPs: what an equal-FLOPs comparison charges it.
+  upstream_flops = flops.upstream_flops(config)
   # Measured on every process, so that none reaches the first collective
   # later than the others; process 0 logs it.
   peak = peak_flops_per_s(list(mesh.devices.flat))
@@ -239,6 +242,10 @@ def train(config, workdir_path: str) -> dict:
             tokens_per_step * (step - last_step) / (now - last_time))
         logged['train/mfu'] = flops.mfu(  # model FLOPs (latentlm.flops)
             model_flops_per_step, (now - last_time) / (step - last_step), peak)
+        logged['train/flops_per_step'] = model_flops_per_step
+        # flops.all_in_flops(config, step), without rereading stage configs.
+        logged['train/flops_all_in'] = (upstream_flops +
+                                        step * model_flops_per_step)
         last_time, last_step, train_metrics = now, step, []
         writer.write(step, logged)
         progress.set_postfix(loss=f"{logged['train/loss']:.4f}",

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 import helpers
+import test_flops as flops_test
 from latentlm import flops
 from latentlm import reconstruction
 from latentlm import runs
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
 from latentlm.data import segment
 from latentlm.tasks import autoencoder
 
@@ -210,14 +209,8 @@ def test_train_flops_match_xla_cost_analysis(encoder):
   config.model.update(d_model=256, mlp_dim=768, num_layers=1)  # 1: no scan
   config.train.batch_size = 2
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
-  trainer = train.Trainer(config, tasks.get_task(config),
-                          sharding.make_mesh(config.mesh, jax.devices()[:1]))
-  batch = {'tokens': jax.ShapeDtypeStruct((2, config.data.seq_len, K),
-                                          jnp.int32)}
-  with trainer.context():
-    lowered = trainer._train_step.lower(  # pylint: disable=protected-access
-        trainer.abstract_state, batch, trainer.rng)
-  xla_flops = lowered.cost_analysis()['flops']
+  xla_flops = flops_test.xla_train_flops(config, tasks.get_task(config),
+                                         (2, config.data.seq_len, K))
   assert flops.train_flops_per_step(config) == pytest.approx(xla_flops,
                                                              rel=0.05)
 

@@ -9,6 +9,7 @@ import pytest
 
 import helpers
 from latentlm import brier
+from latentlm import intervals
 from latentlm import train
 
 # A source of i.i.d. words; the "model" samples i.i.d. words from Q != P.
@@ -28,9 +29,11 @@ def _text(rng, probs, num_words):
 
 
 def _iid_model(seed):
+  """Continues a context that ends at a word end: space, word, ..."""
   rng = np.random.default_rng(seed)
   def continuations(contexts, _):
-    return [(_text(rng, Q, 6), False) for _ in range(2 * len(contexts))]
+    return [(b' ' + _text(rng, Q, 6), False)
+            for _ in range(2 * len(contexts))]
   return continuations
 
 
@@ -65,9 +68,9 @@ def test_terms_are_the_two_sample_estimator():
 
 
 def test_brier_lm_is_100_times_the_geometric_mean():
-  np.testing.assert_allclose(brier.brier_lm([0.5, 0.5, 0.125, 0.5]),
+  np.testing.assert_allclose(intervals.brier_lm([0.5, 0.5, 0.125, 0.5]),
                              100 * (0.5 ** 3 * 0.125) ** 0.25)
-  assert brier.brier_lm([0.5, 0.2, -0.01, 0.1]) == 0
+  assert intervals.brier_lm([0.5, 0.2, -0.01, 0.1]) == 0
 
 
 def test_estimate_matches_the_exact_brier_score_within_its_ci():
@@ -75,12 +78,12 @@ def test_estimate_matches_the_exact_brier_score_within_its_ci():
   metrics = brier.score(_iid_model(2), documents, None, block_bytes=8,
                         num_positions=2000, max_new_bytes=24, unit='words')
   exact = [exact_brier_n(n) for n in range(1, 5)]
-  exact_lm = float(brier.brier_lm(exact))
+  exact_lm = float(intervals.brier_lm(exact))
   assert metrics['num_positions'] == 2000
-  assert metrics['ci_low'] <= exact_lm <= metrics['ci_high']
+  assert metrics['brier_lm_ci_low'] <= exact_lm <= metrics['brier_lm_ci_high']
   for n in range(1, 5):  # each Brier-n within 4 standard errors (~0.02)
     assert abs(metrics[f'brier_{n}'] - exact[n - 1]) < 0.05
-  assert metrics['ci_high'] - metrics['ci_low'] < 0.3 * exact_lm
+  assert metrics['brier_lm_ci_high'] - metrics['brier_lm_ci_low'] < 0.3 * exact_lm
 
 
 def test_byte_ngrams_match_the_exact_brier_score_within_the_ci():
@@ -94,8 +97,10 @@ def test_byte_ngrams_match_the_exact_brier_score_within_the_ci():
             for _ in range(2 * len(contexts))]
   metrics = brier.score(continuations, documents, None, block_bytes=4,
                         num_positions=3000, max_new_bytes=8, unit='bytes')
-  exact = [2 * float(p @ q) ** n - float(q @ q) ** n for n in range(1, 5)]
-  assert metrics['ci_low'] <= brier.brier_lm(exact) <= metrics['ci_high']
+  # A position is a word end: its first byte is a space, then i.i.d. p.
+  exact = [2 * q[2] * float(p @ q) ** (n - 1) - float(q @ q) ** n
+           for n in range(1, 5)]
+  assert metrics['brier_lm_ci_low'] <= intervals.brier_lm(exact) <= metrics['brier_lm_ci_high']
   for n in range(1, 5):
     assert abs(metrics[f'brier_{n}'] - exact[n - 1]) < 0.04
   assert metrics['ngram_unit'] == 'bytes'
@@ -104,16 +109,16 @@ def test_byte_ngrams_match_the_exact_brier_score_within_the_ci():
 def test_bootstrap_ci_covers_the_exact_value():
   """Over 100 small experiments the 90% interval covers about 90% of the time."""
   rng = np.random.default_rng(3)
-  exact_lm = float(brier.brier_lm([exact_brier_n(n) for n in range(1, 5)]))
+  exact_lm = float(intervals.brier_lm([exact_brier_n(n) for n in range(1, 5)]))
   covered = 0
   for trial in range(100):
     # The estimator's terms for i.i.d. words, drawn directly (fast).
     y, x1, x2 = (rng.choice(5, (400, 4), p=p) for p in (P, Q, Q))
     same = lambda a, b: np.cumprod(a == b, axis=1)  # all of the first n match
     terms = same(x1, y) + same(x2, y) - same(x1, x2)
-    m = brier.summarize(terms.astype(float), seed=trial, num_resamples=300,
+    m = intervals.summarize(terms.astype(float), seed=trial, num_resamples=300,
                         level=0.9)
-    covered += m['ci_low'] <= exact_lm <= m['ci_high']
+    covered += m['brier_lm_ci_low'] <= exact_lm <= m['brier_lm_ci_high']
   assert 80 <= covered <= 98
 
 
@@ -143,16 +148,41 @@ def test_brier_end_to_end_on_a_token_lm(token_lm_workdir, tmp_path):
   assert result.returncode == 0, result.stderr
   metrics = helpers.last_json_line(result.stdout)
   assert metrics['num_positions'] == 6
-  for name in ('brier_lm', 'brier_1', 'brier_4', 'ci_low', 'ci_high'):
+  for name in ('brier_lm', 'brier_1', 'brier_4', 'brier_lm_ci_low',
+               'brier_lm_ci_high'):
     assert np.isfinite(metrics[name]), name
   assert -1 <= metrics['brier_1'] <= 1
-  assert metrics['ci_low'] <= metrics['brier_lm'] <= metrics['ci_high']
+  assert metrics['brier_lm_ci_low'] <= metrics['brier_lm'] <= metrics['brier_lm_ci_high']
   with open(os.path.join(token_lm_workdir, 'evaluations.jsonl')) as f:
     default, last = [json.loads(line) for line in f.readlines()[-2:]]
   # Both metrics from one process, each its own record.
   assert last['metric'] == 'brier' and last['num_positions'] == 6
+  # The per-position terms are kept for paired comparisons, not printed.
+  assert np.shape(last['brier_terms']) == (6, 4)
+  assert last['positions_key'] == metrics['positions_key']
+  assert 'brier_terms' not in metrics
+  for n in range(1, 5):
+    assert (last[f'brier_{n}_ci_low'] <= last[f'brier_{n}'] <=
+            last[f'brier_{n}_ci_high'])
   assert default['metric'] == 'default' and default['data'] == str(text)
   assert np.isfinite(default['bits_per_byte'])
+
+
+@pytest.mark.parametrize('content', [b'', b'  \n\t \n', b'PK\x03\x04\x00\x00'])
+def test_a_text_with_nothing_to_score_is_one_line_and_changes_nothing(
+    token_lm_workdir, tmp_path, content):
+  text = tmp_path / 'text.txt'
+  text.write_bytes(content)
+  records = os.path.join(token_lm_workdir, 'evaluations.jsonl')
+  before = open(records).read() if os.path.exists(records) else None
+  result = helpers.run_module('evaluate', f'--workdir={token_lm_workdir}',
+                              '--metric=default', '--metric=brier',
+                              f'--text={text}')
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+  after = open(records).read() if os.path.exists(records) else None
+  assert after == before
 
 
 def test_a_block_longer_than_the_sampler_window_is_one_line(token_lm_workdir):
@@ -239,7 +269,7 @@ def test_brier_end_to_end_on_a_concept_lm(concept_lm_run, tmp_path):
                                     num_positions=4, block_bytes=12,
                                     max_new_bytes=24)
   assert metrics['num_positions'] == 4
-  assert metrics['ci_low'] <= metrics['brier_lm'] <= metrics['ci_high']
+  assert metrics['brier_lm_ci_low'] <= metrics['brier_lm'] <= metrics['brier_lm_ci_high']
   assert all(-1 <= metrics[f'brier_{n}'] <= 1 for n in range(1, 5))
 
 

@@ -13,6 +13,7 @@ import pytest
 import helpers
 from latentlm import checkpoint
 from latentlm import concept_generate
+from latentlm import flops
 from latentlm import sharding
 from latentlm import step as step_lib
 from latentlm import tasks
@@ -254,6 +255,37 @@ def test_bad_autoencoder_workdir_is_one_line_user_error(tmp_path, stage1):
   assert '\n' not in str(error.value)
 
 
+def test_metrics_log_all_in_flops_from_stage_1_on_and_resume_them(
+    stage1, tmp_path):
+  """Every logged step's train/flops_all_in is stage 1's training plus this
+  run's steps so far, the frozen encoder included; a resumed run goes on
+  counting from its checkpoint."""
+  path, data_dir, _ = stage1
+  config = _config(path, data_dir)
+  config.train.update(num_steps=2, log_every=1, eval_every=2,
+                      checkpoint_every=2, eval_batches=1)
+  run_dir = str(tmp_path / 'run')
+  train.train(config, run_dir)
+  config.train.num_steps = 3
+  train.train(config, run_dir)  # resumes at step 2
+
+  records = [r for r in workdir_lib.read_metrics(workdir_lib.Workdir(run_dir))
+             if 'train/loss' in r]
+  assert [r['step'] for r in records] == [1, 2, 3]
+  autoencoder = workdir_lib.Workdir(path).load_config()
+  stage1_flops = autoencoder.train.num_steps * flops.train_flops_per_step(
+      autoencoder)
+  per_step = flops.train_flops_per_step(config)
+  encoder = flops.encoder_flops_per_chunk(autoencoder.model)['forward']
+  assert per_step > config.train.batch_size * (S + 1) * encoder > 0
+  for record in records:
+    assert record['train/flops_per_step'] == per_step
+    assert record['train/flops_all_in'] == pytest.approx(
+        stage1_flops + record['step'] * per_step, rel=1e-12)
+    assert record['train/flops_all_in'] == pytest.approx(
+        flops.all_in_flops(config, record['step']), rel=1e-12)
+
+
 # -------------------------------------------------------------- generation
 
 
@@ -342,58 +374,20 @@ def test_stream_dispatches_each_step_before_yielding_the_last():
       assert dispatched == expected
 
 
-def test_next_chunks_of_one_shared_context_equal_a_stream_of_copies():
+def test_next_chunks_of_shared_contexts_equal_a_stream_of_copies():
   task, params, frozen = _model('tokens')
   sampler = concept_generate.ConceptSampler(task, params, frozen)
-  context_LxK = _random_chunks(np.random.default_rng(5), (3,))
+  context_BxLxK = _random_chunks(np.random.default_rng(5), (2, 3))
   rng = jax.random.key(6)
-  z_RxZ, chunks_RxK = sampler.next_chunks(context_LxK, 4, rng, 1.0)
+  z_BxDxZ, chunks_BxDxK = sampler.next_chunks(context_BxLxK, 4, rng, 1.0)
+  z_RxZ = z_BxDxZ.reshape(8, -1)
+  chunks_RxK = chunks_BxDxK.reshape(8, -1)
   expected_z, expected_chunks = next(sampler.stream(
-      np.broadcast_to(context_LxK, (4, *context_LxK.shape)), rng, 1, 1.0))
+      np.repeat(context_BxLxK, 4, axis=0), rng, 1, 1.0))
   chex.assert_shape(z_RxZ, expected_z.shape)
   np.testing.assert_allclose(z_RxZ, expected_z, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(chunks_RxK, expected_chunks)
   assert not np.allclose(z_RxZ[0], z_RxZ[1])  # rows draw apart
-
-
-class _CandidateSampler:
-  """Stands in for ConceptSampler: fixed candidates, 2 per row."""
-
-  def __init__(self, candidates_RxK):
-    self.task = types.SimpleNamespace(pad_id=PAD,
-                                      tokenizer=types.SimpleNamespace(
-                                          eos_id=EOS))
-    self.candidates_RxK = np.asarray(candidates_RxK)
-
-  def next_chunks(self, context_LxK, num_rows, rng, temperature):
-    del context_LxK, rng, temperature
-    assert num_rows == len(self.candidates_RxK)
-    return None, self.candidates_RxK
-
-
-def test_partial_chunk_is_completed_by_a_matching_candidate():
-  wha = [ord(c) for c in 'wha']
-  partial_K = np.array([*wha, PAD])
-  sampler = _CandidateSampler([
-      [*wha, ord('t')], [ord('x'), PAD, PAD, PAD],  # row 0: the first fits
-      [ord('w'), ord('h'), EOS, PAD], [ord('b'), PAD, PAD, PAD],  # row 1: none
-  ])
-  chosen, new_ids = concept_generate.complete_partial(
-      sampler, np.zeros((1, K), np.int32), partial_K, 2, None, 1.0,
-      num_candidates=2)
-  np.testing.assert_array_equal(chosen, [[*wha, ord('t')], partial_K])
-  assert new_ids == [[ord('t')], []]
-
-
-def test_a_full_last_chunk_is_read_as_it_is_without_drawing():
-  full_K = np.array([ord(c) for c in 'what'])
-  sampler = _CandidateSampler([full_K] * 4)  # would match, were it asked
-  sampler.next_chunks = None  # it must not be: a full chunk cannot grow
-  chosen, new_ids = concept_generate.complete_partial(
-      sampler, np.zeros((1, K), np.int32), full_K, 2, None, 1.0,
-      num_candidates=2)
-  np.testing.assert_array_equal(chosen, [full_K, full_K])
-  assert new_ids == [[], []]
 
 
 def test_prompt_chunks_start_a_document_and_keep_the_last_chunk_apart():

@@ -1,5 +1,6 @@
 """Model FLOPs against XLA's own count and against the model's parameters."""
 
+import re
 import types
 
 import flax.linen as nn
@@ -14,6 +15,8 @@ from latentlm import flops
 from latentlm import sharding
 from latentlm import tasks
 from latentlm import train
+from latentlm.errors import UserError
+from latentlm.tasks import concept_lm
 
 
 def _matmul_heavy_config():
@@ -35,17 +38,23 @@ def _matmul_heavy_config():
   return config
 
 
-def test_train_flops_match_xla_cost_analysis():
-  config = _matmul_heavy_config()
-  task = tasks.get_task(config)
+def xla_train_flops(config, task, tokens_shape) -> float:
+  """XLA's count of `task`'s compiled train step on one device, for a
+  batch of int32 tokens of `tokens_shape`."""
   trainer = train.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
-  batch = {'tokens': jax.ShapeDtypeStruct(
-      (config.train.batch_size, config.data.seq_len + 1), jnp.int32)}
+  batch = {'tokens': jax.ShapeDtypeStruct(tokens_shape, jnp.int32)}
   with trainer.context():
     compiled = trainer._train_step.lower(  # pylint: disable=protected-access
         trainer.abstract_state, batch, trainer.rng).compile()
-  xla_flops = compiled.cost_analysis()['flops']
+  return compiled.cost_analysis()['flops']
+
+
+def test_train_flops_match_xla_cost_analysis():
+  config = _matmul_heavy_config()
+  task = tasks.get_task(config)
+  xla_flops = xla_train_flops(
+      config, task, (config.train.batch_size, config.data.seq_len + 1))
   model_flops = flops.train_flops_per_step(config)
   assert model_flops == pytest.approx(xla_flops, rel=0.1)
   # Counting what the program computes but the model does not need leaves
@@ -56,6 +65,116 @@ def test_train_flops_match_xla_cost_analysis():
       flops.dense_flops_per_token(cfg.d_model * cfg.padded_vocab_size)['train'])
   computed = computed_per_token * config.train.batch_size * seq_len
   assert computed == pytest.approx(xla_flops, rel=0.03)
+
+
+def _encoder_heavy_concept_lm(head, input_kind):
+  """(stage-1 config, concept LM config) whose frozen encoder and token
+  readout are each a large enough share of the step that leaving either out
+  of the count shows against XLA's: long chunks (K=16), an encoder as wide
+  and deep as the backbone, a narrow head. Layers are unrolled (XLA counts
+  a scan's body once)."""
+  ae = helpers.load_config('autoencoder', 'K=16,Dz=32')
+  ae.model.update(d_model=128, mlp_dim=384, num_layers=2)
+  config = helpers.load_config('concept_lm',
+                               f'head={head},input={input_kind},size=tiny')
+  config.model.update(num_layers=2, scan_layers=False, max_len=16)
+  config.data.seq_len = 16
+  config.head.update(hidden_dim=64, num_layers=2)
+  config.token_loss_weight = 1.0
+  config.train.batch_size = 2
+  config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  return ae, config
+
+
+@pytest.mark.parametrize('head, input_kind', [('flow', 'tokens'),
+                                              ('energy', 'latent')])
+def test_concept_lm_train_flops_match_xla_cost_analysis(head, input_kind):
+  ae, config = _encoder_heavy_concept_lm(head, input_kind)
+  B, S, K = config.train.batch_size, config.data.seq_len, 16
+  task = concept_lm.Task(config, autoencoder_config=ae)
+  xla_flops = xla_train_flops(config, task, (B, S + 1, K))
+  model_flops = flops.train_flops_per_step(config, ae)
+  assert model_flops == pytest.approx(xla_flops, rel=0.1)
+  # The step runs the frozen encoder forward on every chunk of its rows of
+  # S + 1, and the token readout at every position: a count without either
+  # is off by more.
+  encoder = B * (S + 1) * flops.encoder_flops_per_chunk(ae.model)['forward']
+  readout = B * S * flops.token_readout_flops_per_position(config,
+                                                           ae)['train']
+  for left_out in (encoder, readout):
+    assert model_flops - left_out != pytest.approx(xla_flops, rel=0.1)
+
+
+def test_all_in_flops_add_the_stages_a_run_builds_on():
+  ae = helpers.load_config('autoencoder')
+  lm = helpers.load_config('concept_lm', 'head=flow')
+  token_lm = helpers.load_config('token_lm', 'size=tiny')
+  stage1 = ae.train.num_steps * flops.train_flops_per_step(ae)
+  assert flops.upstream_flops(ae) == flops.upstream_flops(token_lm) == 0
+  assert flops.upstream_flops(lm, ae) == stage1 > 0
+  assert flops.all_in_flops(lm, 7, ae) == pytest.approx(
+      stage1 + 7 * flops.train_flops_per_step(lm, ae))
+  assert flops.all_in_flops(token_lm, 7) == 7 * flops.train_flops_per_step(
+      token_lm)
+  # Without `autoencoder`, the stage-1 workdir the config names is read.
+  with pytest.raises(UserError, match='autoencoder_workdir is required'):
+    flops.upstream_flops(lm)
+
+
+def test_a_pipeline_sums_its_stages():
+  config = helpers.load_config('shakespeare')
+  stages = config.stages
+  assert 'head_distill' in stages
+  total = sum(stage.train.num_steps * flops.train_flops_per_step(
+      stage, stages.autoencoder, stages.concept_lm)
+              for stage in stages.values())
+  assert flops.pipeline_flops(config) == pytest.approx(total)
+
+
+def _unknown_head(ae, lm):
+  lm.head.name = 'vae'
+  return lambda: flops.train_flops_per_step(lm, ae)
+
+
+def _unknown_task(ae, lm):
+  lm.task = 'vq_lm'
+  return lambda: flops.all_in_flops(lm, 1, ae)
+
+
+def _unknown_segmentation(ae, lm):
+  ae.segment.kind = 'syllables'
+  return lambda: flops.train_flops_per_step(lm, ae)
+
+
+def _unknown_segmentation_upstream(ae, lm):
+  ae.segment.kind = 'syllables'
+  return lambda: flops.upstream_flops(lm, ae)
+
+
+def _unknown_solver(ae, lm):
+  lm.head.solver = 'rk4'
+  return lambda: flops.flow_sample_flops_per_position(lm.head, 128, 32)
+
+
+@pytest.mark.parametrize('make_call, message', [
+    (_unknown_head,
+     "head 'vae'; it knows ['diffusion', 'energy', 'flow', 'gmm', 'mse']"),
+    (_unknown_task, "task 'vq_lm'; it knows ['autoencoder', 'concept_lm', "
+                    "'head_distill', 'token_lm']"),
+    (_unknown_segmentation, "segmentation 'syllables'; it knows ['fixed', "
+                            "'sentences', 'words']"),
+    (_unknown_segmentation_upstream, "segmentation 'syllables'"),
+    (_unknown_solver, "flow solver 'rk4'; it knows ['ab2', 'euler', 'heun']"),
+])
+def test_what_the_count_does_not_know_is_a_user_error(make_call, message):
+  """Never a silent default: a new head priced as another would skew every
+  equal-FLOPs study."""
+  ae = helpers.load_config('autoencoder', 'Dz=32')
+  lm = helpers.load_config('concept_lm', 'head=flow')
+  call = make_call(ae, lm)
+  with pytest.raises(UserError, match=re.escape(message)) as error:
+    call()
+  assert '\n' not in str(error.value)
 
 
 def test_dense_flops_are_six_times_matmul_params():

@@ -13,6 +13,7 @@ import pytest
 
 import helpers
 import test_concept_lm as concept_lm_test
+import test_flops as flops_test
 from latentlm import checkpoint
 from latentlm import config_lib
 from latentlm import flops
@@ -172,25 +173,37 @@ def test_one_step_student_is_the_noise_plus_one_velocity(teacher):
   chex.assert_trees_all_close(sample_NxZ, x_NxZ + velocity_NxZ, atol=1e-6)
 
 
-def test_flops_match_xla_cost_analysis(teacher, tmp_path):
+@pytest.mark.parametrize('input_kind', ['tokens', 'latent'])
+def test_flops_match_xla_cost_analysis(teacher, tmp_path, input_kind):
+  """A teacher as wide as test_flops.py's matmul-heavy model, so matmuls
+  dominate XLA's count; with latent input the step also runs the frozen
+  encoder on its inputs."""
   teacher_config = _teacher_config(teacher.ae_path, teacher.data_dir)
-  teacher_config.model.scan_layers = False  # XLA counts a scan's body once
+  teacher_config.head.hidden_dim = 256
+  teacher_config.model.update(d_model=256, num_heads=4, num_kv_heads=4,
+                              head_dim=64, mlp_dim=768, input=input_kind,
+                              scan_layers=False)  # XLA counts a scan once
   _fake_teacher_workdir(str(tmp_path), teacher_config)
   config = _student_config(str(tmp_path), teacher_config)
-  task = head_distill.Task(config)
-  trainer = train.Trainer(config, task,
-                          sharding.make_mesh(config.mesh, jax.devices()[:1]))
-  batch = {'tokens': jax.ShapeDtypeStruct(
-      (config.train.batch_size, S + 1, concept_lm_test.K), jnp.int32)}
-  with trainer.context():
-    compiled = trainer._train_step.lower(  # pylint: disable=protected-access
-        trainer.abstract_state, batch, trainer.rng).compile()
-  xla_flops = compiled.cost_analysis()['flops']
-  # XLA counts about 9% more: at these widths the elementwise ops (norms,
-  # modulations, the decoder's softmax) are a larger share than in
-  # test_flops.py's matmul-heavy model.
+  xla_flops = flops_test.xla_train_flops(
+      config, head_distill.Task(config),
+      (config.train.batch_size, S + 1, concept_lm_test.K))
   assert flops.train_flops_per_step(config) == pytest.approx(xla_flops,
-                                                              rel=0.15)
+                                                              rel=0.1)
+
+
+def test_all_in_flops_count_the_teacher_and_its_stage_1(teacher):
+  config = _student_config(teacher.path, teacher.config)
+  ae = workdir_lib.Workdir(teacher.ae_path).load_config()
+  stage1 = ae.train.num_steps * flops.train_flops_per_step(ae)
+  teacher_all_in = stage1 + teacher.config.train.num_steps * (
+      flops.train_flops_per_step(teacher.config))
+  assert flops.upstream_flops(config) == pytest.approx(teacher_all_in)
+  assert flops.all_in_flops(config, 3) == pytest.approx(
+      teacher_all_in + 3 * flops.train_flops_per_step(config))
+  # The same from the configs alone, as a budget would count it.
+  assert flops.upstream_flops(config, ae, teacher.config) == pytest.approx(
+      teacher_all_in)
 
 
 def test_bad_teacher_is_one_line_user_error(teacher, tmp_path):

@@ -2,7 +2,7 @@
 previous chunk's tokens (CALM) or from the previous latent vector?
 
 input in {tokens, latent} (latentlm/models/concept_lm.py INPUTS), one shared
-stage-1 autoencoder, the same stage-2 FLOPs for both. Run the whole study:
+stage-1 autoencoder, the same all-in FLOPs for both (stage 1 included). Run the whole study:
 
   python launch/sweep.py --config=configs/paper/ar_input.py:stage=autoencoder \\
       --root=/tmp/paper/ar_input/ae && \\
@@ -14,9 +14,8 @@ stage-1 autoencoder, the same stage-2 FLOPs for both. Run the whole study:
   python -m latentlm.report --split=test /tmp/paper/ar_input/lm/* \\
       --out=/tmp/paper/ar_input/report
 
-Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1 1.9
-minutes with its evaluation, stage 2 2.7 minutes per input with its
-evaluations: 7.5 minutes for the study.
+Sized to run in under 30 minutes on 2 CPU cores; its cost and results are
+in docs/results/ar_input.md.
 
 Args: input (tokens), stage (concept_lm | autoencoder), ae_root.
 """

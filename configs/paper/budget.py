@@ -2,21 +2,24 @@
 (layers from a parameter count) for the paper studies.
 
 Not a config: the configs in this folder load it by path (through study.py)
-to set `train.num_steps` so that num_steps x latentlm.flops.
-train_flops_per_step(config) matches a stated budget. The concept LM's
-budget counts stage 2 only: the frozen stage-1 encoder prepares data like a
-tokenizer (latentlm/flops.py); stage 1's own training is reported beside it.
+to set `train.num_steps` so that a run's all-in training FLOPs
+(latentlm.flops.all_in_flops: the stages it builds on, then num_steps x the
+FLOPs of its step) match a stated budget. All in, because a concept LM
+cannot run without its stage 1, and its step runs the frozen encoder and
+the auxiliary token readout: a budget that left them out would hand the
+concept LM compute that its token baseline never gets. Figures per study:
+docs/results/<study>.md.
 """
 
 from latentlm import config_lib
 from latentlm import flops
+from latentlm.errors import UserError
 
-# The CPU-scale stage-2 budget every equal-FLOPs study shares: 180 steps of
-# the flow-head tiny concept LM of configs/shakespeare.py (16 rows x 64
-# concepts, 1.67e10 FLOPs a step), 60 of the tiny byte-token LM (5.0e10).
-# Small, so that every study fits in 30 minutes on 2 CPU cores: at 5e12 the
-# chunk-size study took about 37 and the token baseline 45 (README).
-CPU_BUDGET_FLOPS = 3e12
+# The CPU-scale all-in budget every equal-FLOPs study shares: a token LM
+# spends it all on its steps, a concept LM what its stage 1 leaves on stage
+# 2 (about as much as the studies gave stage 2 alone when stage 1 went
+# uncounted). Small, so that every study fits in 30 minutes on 2 CPU cores.
+CPU_BUDGET_FLOPS = 6e12
 
 
 def config_file(path: str, arg: str = ''):
@@ -25,10 +28,17 @@ def config_file(path: str, arg: str = ''):
 
 
 def steps_for_budget(config, budget_flops: float, autoencoder=None) -> int:
-  """Optimizer steps of `config` whose training FLOPs are closest to
-  `budget_flops` (a concept LM's stage-1 config is `autoencoder`)."""
+  """Optimizer steps of `config` whose all-in training FLOPs are closest to
+  `budget_flops` (a concept LM's stage-1 config is `autoencoder`): what its
+  upstream stages leave, over the FLOPs of one step."""
+  upstream = flops.upstream_flops(config, autoencoder)
+  if upstream >= budget_flops:
+    raise UserError(
+        f'the stages a {config.task} run builds on take {upstream:.3g} '
+        f'FLOPs, more than its budget of {budget_flops:.3g}: raise the budget '
+        'or shorten them')
   per_step = flops.train_flops_per_step(config, autoencoder)
-  return max(1, round(budget_flops / per_step))
+  return max(1, round((budget_flops - upstream) / per_step))
 
 
 def set_budget(config, budget_flops: float, autoencoder=None,
@@ -48,9 +58,8 @@ def set_budget(config, budget_flops: float, autoencoder=None,
 
 
 def budget_flops_of(config, autoencoder=None) -> float:
-  """The training FLOPs `config` spends: steps x FLOPs per step."""
-  return config.train.num_steps * flops.train_flops_per_step(config,
-                                                             autoencoder)
+  """The all-in training FLOPs `config` spends at its num_steps."""
+  return flops.all_in_flops(config, config.train.num_steps, autoencoder)
 
 
 def concept_lm_params(config, autoencoder) -> int:

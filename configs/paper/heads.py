@@ -2,9 +2,9 @@
 gmm) gives the best concept LM for the same training FLOPs?
 
 One stage-1 autoencoder (K=4, Dz=32) shared by all; each concept LM trained
-for the same stage-2 FLOPs (budget.CPU_BUDGET_FLOPS), so heads that cost
-more per step (energy: 16 samples; flow, diffusion: a stream per target)
-take fewer steps. Run the whole study:
+for the same all-in FLOPs (budget.CPU_BUDGET_FLOPS, the shared stage 1
+included), so heads that cost more per step (energy: 16 samples; flow,
+diffusion: a stream per target) take fewer steps. Run the whole study:
 
   python launch/sweep.py --config=configs/paper/heads.py:stage=autoencoder \\
       --root=/tmp/paper/heads/ae && \\
@@ -14,10 +14,8 @@ take fewer steps. Run the whole study:
       --eval_flag=--split=test
   python -m latentlm.report --split=test /tmp/paper/heads/lm/* --out=/tmp/paper/heads/report
 
-Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1 2.0
-minutes once, stage 2 2.2-3.2 minutes a head with its evaluations (mse 275
-steps, energy 128, flow 180, diffusion 180, gmm 257): 15.3 minutes for the
-study.
+Sized to run in under 30 minutes on 2 CPU cores; its cost and results,
+beside the token baseline's, are in docs/results/equal_flops.md.
 
 Args: head (flow), stage (concept_lm | autoencoder), ae_root.
 """

@@ -5,8 +5,8 @@ under noise on z, and the BrierLM of the concept LM trained on top?
 robust in {all, none, no_kl, no_dropout, no_mask}: all three on (the
 configs/autoencoder.py recipe), all off, or one of them off. Stage 1 per
 variant, evaluated by latentlm.evaluate (reconstruction at noise sigma in
-latentlm.reconstruction.NOISE_STDS); stage 2 at the same FLOPs on each,
-evaluated with BrierLM. Run the whole study:
+latentlm.reconstruction.NOISE_STDS); stage 2 at the same all-in FLOPs on
+each (its stage 1 included), evaluated with BrierLM. Run the whole study:
 
   python launch/sweep.py --config=configs/paper/robustness.py:stage=autoencoder \\
       --grid=args.robust=all,none,no_kl,no_dropout,no_mask \\
@@ -19,11 +19,9 @@ evaluated with BrierLM. Run the whole study:
   python -m latentlm.report --split=test /tmp/paper/robustness/ae/* /tmp/paper/robustness/lm/* \\
       --out=/tmp/paper/robustness/report
 
-Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1
-1.7-2.0 minutes a variant (8.9 in all), stage 2 2.3-2.7 minutes a variant
-with its evaluations (12.0 in all): 21.7 minutes for the study (about 32 at
-the old 5e12 budget). Its "all" concept LM is the heads study's flow run
-and the chunk-size study's K=4 run, the same numbers to the last digit.
+Sized to run in under 30 minutes on 2 CPU cores; its cost and results are
+in docs/results/robustness.md. Its "all" concept LM is the heads study's
+flow run and the chunk-size study's K=4 run.
 
 Args: robust (all), stage (concept_lm | autoencoder), ae_root.
 """

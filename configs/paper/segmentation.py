@@ -6,7 +6,7 @@ segment in {fixed, words, sentences}, each with chunks of at most K=16 bytes
 so rows hold 16 concepts (256 bytes when chunks are full; fewer when word
 and sentence chunks are padded, which the bits/byte and BrierLM count per
 byte of text, so runs stay comparable). Stage 1 per segmentation; each
-concept LM gets the same stage-2 FLOPs. Run the whole study:
+concept LM gets the same all-in FLOPs, its own stage 1 included. Run the whole study:
 
   python launch/sweep.py --config=configs/paper/segmentation.py:stage=autoencoder \\
       --grid=args.segment=fixed,words,sentences \\
@@ -21,11 +21,10 @@ concept LM gets the same stage-2 FLOPs. Run the whole study:
 
 BrierLM uses 64-byte contexts here, not the default 128: the sampler reads
 at most half its 16-concept window, 8 chunks, and 128 bytes of word or
-sentence chunks (shorter than K when padded) are 11-12 of them.
+sentence chunks (shorter than K when padded) are more than 8.
 
-Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12): stage 1
-1.5-1.6 minutes a segmentation, stage 2 2.6-3.0 minutes (675 steps) with
-its evaluations: 13.4 minutes for the study.
+Sized to run in under 30 minutes on 2 CPU cores; its cost and results are
+in docs/results/segmentation.md.
 
 Args: segment (fixed), K (16), stage (concept_lm | autoencoder), ae_root.
 """

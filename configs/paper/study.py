@@ -1,5 +1,6 @@
 """What the CPU-scale concept-LM studies share: Shakespeare, stage 1 then
-stage 2 at an equal stage-2 FLOPs budget. Not a config: the study configs
+stage 2 at an equal all-in FLOPs budget (budget.py: stage 1's training
+counts, so stage 2 gets what it leaves). Not a config: the study configs
 load it by path (configs/ is not a package).
 
 A study runs as two launch/sweep.py lines over the same grid: `stage=
@@ -19,8 +20,9 @@ from latentlm.errors import UserError
 budget = config_lib.module_beside(__file__, 'budget')
 
 STAGES = ('autoencoder', 'concept_lm')
-# Stage 1 at half the default 400 steps: reconstruction is already above
-# 99.9% there (configs/autoencoder.py), and five runs must fit in 30 minutes.
+# Stage 1 at half the default 400 steps: at K=4 it already reconstructs
+# almost every chunk (docs/results/robustness.md), and what it spends comes
+# out of stage 2's budget.
 AUTOENCODER_STEPS = 200
 # Bytes of text per stage-2 row, whatever K: 64 concepts at K=4.
 ROW_BYTES = 256
@@ -45,7 +47,8 @@ def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
                budget_flops=None):
   """Stage 2 (configs/concept_lm.py at size=tiny, with the main job's
   auxiliary token loss and batch) over `ae`, whose trained workdir is
-  `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training."""
+  `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training
+  all in, `ae`'s included."""
   lm = budget.config_file('concept_lm',
                           f'head={head},input={input},size=tiny')
   lm.token_loss_weight = TOKEN_LOSS_WEIGHT

@@ -6,18 +6,17 @@ concepts is not just a win over byte-level tokens)?
 tokens in {bytes, spm} (spm: data.tokenizer='spm:1024',
 latentlm/data/sentencepiece_tokenizer.py), match in {flops, params}:
 - flops: the tiny token LM (configs/token_lm.py) trained for
-  budget.CPU_BUDGET_FLOPS, the stage-2 budget of every concept-LM study;
+  budget.CPU_BUDGET_FLOPS, the all-in budget of every concept-LM study, so
+  it gets the compute a concept LM splits between its stage 1 and stage 2;
 - params: the tiny token LM deepened to the parameter count of the
-  reference concept LM (flow head, K=4: study.concept_lm; 1.99M parameters
-  with its head and token readout: 9 layers over bytes, 8 over BPE), trained
-  for as many steps on 16 rows a step; over bytes it sees the same text and
-  spends about 3.3x the concept LM's FLOPs.
-Rows hold 256 tokens either way: 256 bytes, or about 580 bytes of BPE
-tokens (2.26 bytes a token on the Shakespeare test plays at vocabulary
-1024). So the BPE model sees more context than the concept LMs' 256-byte
-rows, which favours the baseline, and BrierLM's 128-byte blocks fit its
-half-window of 128 tokens. Bits/byte and BrierLM count bytes of text, so
-all four runs and the concept LMs compare directly. Run the whole study,
+  reference concept LM (flow head, K=4: study.concept_lm, with its head and
+  token readout), trained for as many steps on 16 rows a step, so over
+  bytes it reads the same text (at more FLOPs than the concept LM).
+Rows hold 256 tokens either way: 256 bytes, or more bytes of BPE tokens. So
+the BPE model sees more context than the concept LMs' 256-byte rows, which
+favours the baseline, and BrierLM's 128-byte blocks fit its half-window of
+128 tokens. Bits/byte and BrierLM count bytes of text, so all four runs and
+the concept LMs compare directly. Run the whole study,
 then report it with the concept LMs:
 
   python launch/sweep.py --config=configs/paper/token_baseline.py:match=flops \\
@@ -29,12 +28,10 @@ then report it with the concept LMs:
   python -m latentlm.report --split=test /tmp/paper/token_baseline/*/* \\
       /tmp/paper/heads/lm/* --out=/tmp/paper/token_baseline/report
 
-Measured on 2 CPU cores (commit e5eb0f9, idle, budget 3e12), with
-evaluation: match=flops 3.1 and 4.0 minutes (bytes and BPE: 60 and 55
-steps of about 2.1 s), match=params 8.3 and 8.5 (180 steps of 2.2-2.3 s):
-24.2 minutes for the four runs (the two sweeps above: 7.3 and 17.0). At
-the old 5e12 budget they took about 45. Training the BPE vocabulary takes
-seconds, once.
+Sized to run in under 30 minutes on 2 CPU cores; its cost and results
+are in docs/results/equal_flops.md (match=flops) and
+docs/results/token_params.md (match=params). Training the BPE vocabulary is
+not counted: like any tokenizer, it is no model FLOPs.
 
 Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
 """
@@ -69,4 +66,4 @@ def get_config(arg=None):
   c.train.batch_size = study.BATCH_SIZE  # the concept LMs'
   steps = reference.train.num_steps
   # set_budget with the FLOPs of `steps`: the same schedule fields.
-  return budget.set_budget(c, steps * budget.flops.train_flops_per_step(c))
+  return budget.set_budget(c, budget.flops.all_in_flops(c, steps))

@@ -218,6 +218,16 @@ def read_text_file(path: str, warn: bool = True) -> bytes:
   return data
 
 
+def read_text_to_score(path: str, warn: bool = True) -> bytes:
+  """read_text_file, refusing a text with nothing to score: a metric over
+  zero bytes would read as a perfect score."""
+  data = read_text_file(path, warn)
+  if not data.strip():
+    raise UserError(f'text file {path!r} is empty or holds only whitespace: '
+                    'there is nothing to score; give a file with text')
+  return data
+
+
 def _matched_files(pattern: str) -> list[str]:
   """The non-empty files matched by `pattern`, with a UserError if none."""
   if not pattern:

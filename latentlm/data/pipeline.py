@@ -152,9 +152,10 @@ class _WindowShuffleIterator(grain.DatasetIterator):
   """The parent's elements in windows of `window_size`, each permuted.
 
   grain's WindowShuffleIterDataset does the same with one `index_shuffle` per
-  element (~90 us); this draws one numpy permutation per window. Its state is
-  the parent's state at the window start, the window index, and how many of
-  the window's elements were taken: restoring re-reads one window.
+  element, which is slow (docs/results/throughput.md); this draws one numpy
+  permutation per window. Its state is the parent's state at the window
+  start, the window index, and how many of the window's elements were taken:
+  restoring re-reads one window.
   """
 
   def __init__(self, parent, *, window_size, seed):

@@ -20,8 +20,9 @@ Definitions, on byte ids:
   sentence: ends after a word whose last non-whitespace id is . ! or ?, or
             whose whitespace holds a newline.
 
-Segmentation is vectorised with numpy except one walk over chunk starts; a
-5 MB corpus takes about a second.
+Segmentation is vectorised with numpy except one walk over chunk starts, so
+a corpus the size of the plays costs the pipeline little
+(docs/results/throughput.md).
 """
 
 import numpy as np
@@ -144,7 +145,8 @@ def _pack(piece_starts_P, forced_F, n, K) -> np.ndarray:
                                             side='right')]
   limit_P = np.minimum(piece_starts_P + K, next_forced_P)
   next_chunk_P = np.searchsorted(bounds_P1, limit_P, side='right') - 1
-  # The greedy walk is sequential; on Python ints it is a few hundred ns/chunk.
+  # The greedy walk is sequential: on Python ints, not numpy scalars, it stays
+  # cheap per chunk (docs/results/throughput.md).
   next_chunk = next_chunk_P.tolist()
   chunk_pieces, p, num_pieces = [], 0, len(piece_starts_P)
   while p < num_pieces:

@@ -106,10 +106,10 @@ def unrolled_layers(model: nn.Module, params):
 
   For decoding on CPU, where at every step a scanned stack copies each
   layer's weights out of the stacked arrays (a dynamic slice feeding a
-  matmul): unrolled, a batch-1 `tiny` token LM steps 20% faster and the
-  concept LM 7-8%, with the same samples (README, generation speed). The
-  per-layer arrays are a second copy of the stack's weights while the caller
-  keeps the stacked ones.
+  matmul): unrolled, batch-1 token and concept LMs step faster, with the
+  same samples (docs/results/generation_speed.md). The per-layer arrays are
+  a second copy of the stack's weights while the caller keeps the stacked
+  ones.
   """
   cfg = model.cfg
   if not cfg.scan_layers:
@@ -124,8 +124,9 @@ def unrolled_layers(model: nn.Module, params):
 
 def for_decoding(model: nn.Module, params, unroll_layers: bool | None = None):
   """The (model, params) a sampler decodes with: unrolled_layers when
-  `unroll_layers`, by default on CPU, where it was measured to pay. On
-  accelerators the stack stays scanned, one copy of the weights."""
+  `unroll_layers`, by default on CPU, where it was measured to pay
+  (docs/results/generation_speed.md). On accelerators the stack stays
+  scanned, one copy of the weights."""
   if unroll_layers is None:
     unroll_layers = jax.default_backend() == 'cpu'
   return unrolled_layers(model, params) if unroll_layers else (model, params)
@@ -226,9 +227,9 @@ class Attention(nn.Module):
       allowed_BxLxS = allowed_BxLxS & mask_BxL[:, None, :]
 
     # Heads-major, a kv head's G query heads stacked along the query
-    # positions (M = G x L): XLA:CPU runs these 4-D batched matmuls 20-25%
-    # faster than the same einsums over the B x L x heads layout (a `tiny`
-    # layer at L=256, forward and backward); on TPU XLA picks the layout.
+    # positions (M = G x L): XLA:CPU runs these 4-D batched matmuls faster
+    # than the same einsums over the B x L x heads layout
+    # (docs/results/throughput.md); on TPU XLA picks the layout.
     G = H // N
     q_BxNxMxK = q_BxLxHxK.reshape(B, L, N, G, K).transpose(
         0, 2, 3, 1, 4).reshape(B, N, G * L, K)

@@ -36,8 +36,8 @@ def norm(x_NxH):
   """LayerNorm without scale or bias: the modulations supply both (the
   same numbers as flax's nn.LayerNorm at its default epsilon, and as
   jax.nn.standardize's fast variance). Both moments come from one
-  reduction: on CPU each reduction is several runtime ops, and a batch-1
-  generation step ran 4% faster for the flow head's 18 norms."""
+  reduction: on CPU each reduction is several runtime ops, and a head runs
+  many norms a sample (docs/results/generation_speed.md)."""
   moments_2xNx1 = jnp.mean(jnp.stack([x_NxH, jnp.square(x_NxH)]), axis=-1,
                            keepdims=True)
   mean_Nx1 = moments_2xNx1[0]
@@ -162,7 +162,8 @@ def check_temperature(temperature):
 
 
 # Sampling loops up to this long are unrolled: at batch 1 on CPU a while
-# loop's per-iteration overhead was ~20% of a 10-step flow head's sampling.
+# loop's per-iteration overhead is a large share of a few-step head's
+# sampling (docs/results/generation_speed.md).
 MAX_UNROLLED_STEPS = 16
 
 
@@ -272,8 +273,8 @@ class GuidedHead(Head):
     """out_at_step, mixed by the guidance scale when guided."""
     if not self.guided:
       return self.out_at_step(modulations_S, i, x_NxZ)
-    # Both conditions start from the same x: project it once (at batch 1,
-    # 2-4% of a generation step against projecting both copies).
+    # Both conditions start from the same x: project it once, as at batch 1
+    # a matmul costs its rows (docs/results/generation_speed.md).
     x_NxH = self.trunk.project(x_NxZ)
     out_2NxZ = self.out_at_step(modulations_S, i,
                                 start_NxH=jnp.concatenate([x_NxH, x_NxH]))

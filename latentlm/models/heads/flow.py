@@ -25,14 +25,14 @@ class FlowHead(base.GuidedHead):
   0.5 times the last step's, Euler on the first, so S steps cost S
   velocities, at Euler's times. On the main job, Heun with 5 steps (9
   velocities) sampled better words than Euler with 10 at four bytes per
-  concept, and as good at two; Adams-Bashforth with 5 or 6 as good as Heun
-  with 5, at 5 or 6 velocities instead of 9 (the job takes 6; README).
+  concept, and as good at two; Adams-Bashforth sampled as well as Heun at
+  fewer velocities, so the job takes it (docs/results/main_job.md).
 
   time_sampling: the training t. 'logit_normal', sigmoid of N(0, 1) (SD3),
   spends the training on the middle of the path, where the velocity depends
   most on which mode x_t heads for; 'uniform' is plain rectified flow. On the
-  main job, logit-normal raised the fraction of sampled words found in the
-  plays from 0.63 to 0.67 (README).
+  main job, logit-normal sampled better-spelt words than uniform
+  (docs/results/main_job.md).
 
   Classifier-free guidance as in the diffusion head: cond_dropout > 0 trains
   a null condition, and guidance_scale mixes the velocities when sampling.
