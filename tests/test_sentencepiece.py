@@ -105,6 +105,27 @@ def test_bytes_are_exact_and_fewer_tokens_on_held_out_plays(tokenizer,
   assert num_bytes / len(ids) == pytest.approx(2.26, abs=0.02)
 
 
+def test_brier_contexts_encode_as_the_documents_own_tokens(tokenizer,
+                                                           data_dir):
+  """BrierLM's contexts (word end to word end) are piece boundaries at both
+  ends, so the BPE model sees the tokens it saw in training there."""
+  from latentlm import brier  # pylint: disable=g-import-not-at-top
+  text = corpus.split_texts(_data_config(data_dir, 'spm:1024'), 'test')[0]
+  ids = tokenizer.encode(text)
+  starts = np.concatenate([[0], np.cumsum(tokenizer.token_byte_lengths()[ids])])
+  ends = brier._word_ends(text)  # pylint: disable=protected-access
+  for position in ends[ends >= 64][:500]:
+    start = brier.context_start(ends, int(position), 64)
+    first, last = np.searchsorted(starts, [start, position])
+    assert starts[first] == start and starts[last] == position
+    np.testing.assert_array_equal(tokenizer.encode(text[start:position]),
+                                  ids[first:last])
+  # A cut a byte before a word end often falls inside a piece: the
+  # protocol never makes one.
+  inside = [int(e) - 1 for e in ends[ends >= 64][:200]]
+  assert np.mean([i not in starts for i in inside]) > 0.3
+
+
 def test_trained_once_and_cached_in_the_data_dir(tokenizer, data_dir):
   models = os.listdir(os.path.join(data_dir, 'sentencepiece'))
   assert len([m for m in models if m.endswith('.model')]) == 1
