@@ -22,6 +22,7 @@ autoencoder (configs/autoencoder.py), distill (True: the third stage).
 """
 
 from latentlm import config_lib
+from latentlm import sampling
 
 # The head's sampling temperature (see c.samples.temperature below).
 TEMPERATURE = 0.2
@@ -86,5 +87,5 @@ def get_config(arg=None):
   # and is paid for in repeats; 0 falls into loops (docs/results/main_job.md).
   c.samples.temperature = TEMPERATURE
   c.samples.num_candidates = 1
-  c.samples.max_bytes = 400
+  c.samples.max_bytes = sampling.MAX_BYTES
   return c

@@ -13,6 +13,7 @@ params, the MFU benchmark size: docs/results/throughput.md), and base
 """
 
 from latentlm import config_lib
+from latentlm.models import transformer
 
 SIZES = {
     'nano': dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64),
@@ -23,18 +24,15 @@ SIZES = {
 
 
 def transformer_config(size: str, vocab_size: int, max_len: int):
-  """The shared backbone fields (latentlm.models.transformer)."""
+  """The shared backbone fields (latentlm.models.transformer): the size's,
+  and the TransformerConfig defaults of the rest."""
   c = config_lib.ConfigDict(SIZES[config_lib.choose('size', size, SIZES)])
   c.num_kv_heads = c.num_heads
   c.head_dim = c.d_model // c.num_heads
   c.vocab_size = vocab_size
   c.max_len = max_len
-  c.rope_base = 10000.0
-  c.norm_eps = 1e-6
-  c.scan_layers = True
-  c.remat_policy = 'none'  # none | full | dots
-  c.dtype = 'float32'  # compute dtype; params stay float32
-  c.tie_embeddings = False
+  for name, value in transformer.TransformerConfig.default_fields().items():
+    c[name] = value
   return c
 
 

@@ -102,15 +102,20 @@ def check_slices(mesh):
                       '--slices')
 
 
+def given_stages(config, autoencoder_config_spec: str) -> dict:
+  """The stage configs to build `config` on: the autoencoder of
+  `autoencoder_config_spec` when the config names no stage-1 workdir
+  (only shapes matter here), none otherwise."""
+  if 'autoencoder_workdir' not in config or config.autoencoder_workdir:
+    return {}
+  return dict(autoencoder=config_lib.load_config_file(
+      [f'--config={autoencoder_config_spec}']))
+
+
 def make_task(config, autoencoder_config_spec: str):
-  """The config's task; a concept LM without a stage-1 workdir gets a fresh
-  autoencoder of `autoencoder_config_spec` (only shapes matter here)."""
-  if config.task == 'concept_lm' and not config.autoencoder_workdir:
-    from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
-    autoencoder = config_lib.load_config_file(
-        [f'--config={autoencoder_config_spec}'])
-    return concept_lm.Task(config, autoencoder_config=autoencoder)
-  return tasks.get_task(config)
+  """The config's task with fresh weights (only shapes matter here)."""
+  return tasks.get_task(config,
+                        **given_stages(config, autoencoder_config_spec))
 
 
 def compile_train_step(config, task, devices):
@@ -124,14 +129,13 @@ def compile_train_step(config, task, devices):
       shape, jnp.int32, sharding=sharding.batch_sharding(mesh, len(shape)))}
   rng = jax.ShapeDtypeStruct(trainer.rng.shape, trainer.rng.dtype,
                              sharding=sharding.replicated(mesh))
+  try:
+    lowered = trainer.lower_train_step(trainer.abstract_state, batch, rng)
+  except ValueError as e:  # e.g. a mesh axis that does not divide an array
+    raise UserError(f'config.mesh {dict(mesh.shape)} and '
+                    f'config.sharding.rules do not fit this model: '
+                    f'{str(e).splitlines()[0][:300]}') from None
   with trainer.context():
-    try:
-      lowered = trainer._train_step.lower(  # pylint: disable=protected-access
-          trainer.abstract_state, batch, rng)
-    except ValueError as e:  # e.g. a mesh axis that does not divide an array
-      raise UserError(f'config.mesh {dict(mesh.shape)} and '
-                      f'config.sharding.rules do not fit this model: '
-                      f'{str(e).splitlines()[0][:300]}') from None
     return lowered.compile(), trainer
 
 
@@ -166,11 +170,8 @@ def memory_per_chip(compiled) -> dict:
 
 
 def model_flops_per_step(config, autoencoder_config_spec: str) -> float:
-  autoencoder = None
-  if config.task == 'concept_lm' and not config.autoencoder_workdir:
-    autoencoder = config_lib.load_config_file(
-        [f'--config={autoencoder_config_spec}'])
-  return flops.train_flops_per_step(config, autoencoder)
+  return flops.train_flops_per_step(
+      config, **given_stages(config, autoencoder_config_spec))
 
 
 def analyse(config, topology: str, num_slices: int,

@@ -31,6 +31,7 @@ from latentlm import concept_generate
 from latentlm import config_lib
 from latentlm import flops
 from latentlm import generate
+from latentlm import sampling
 from latentlm import sharding
 from latentlm import tasks
 from latentlm import train
@@ -38,6 +39,7 @@ from latentlm.data import corpus
 from latentlm.errors import UserError
 from latentlm.models import transformer
 from latentlm.tasks import concept_lm
+from latentlm.tasks import pipeline
 
 WARMUP_STEPS = 2
 MATMUL_SIZES = (1024, 2048)  # the best rate counts; larger adds little on CPU
@@ -62,9 +64,7 @@ def xla_flops_per_step(config, mesh, batch) -> float:
   if 'scan_layers' in unrolled.model:  # the autoencoder has no layer scan
     unrolled.model.scan_layers = False
   trainer = train.Trainer(unrolled, tasks.get_task(unrolled), mesh)
-  with trainer.context():
-    lowered = trainer._train_step.lower(  # pylint: disable=protected-access
-        trainer.abstract_state, batch, trainer.rng)
+  lowered = trainer.lower_train_step(trainer.abstract_state, batch)
   return float(lowered.cost_analysis()['flops'])
 
 
@@ -75,9 +75,7 @@ def time_train_steps(trainer, batch, num_steps: int, between=None):
   each call of `between`, run MATMULS_PER_STEP times after each step.
   """
   start = time.perf_counter()
-  with trainer.context():
-    step = trainer._train_step.lower(  # pylint: disable=protected-access
-        trainer.abstract_state, batch, trainer.rng).compile()
+  step = trainer.lower_train_step(trainer.abstract_state, batch).compile()
   compile_s = time.perf_counter() - start
   state = trainer.init_state()
   for _ in range(WARMUP_STEPS):
@@ -312,18 +310,19 @@ def bench_generate(config, config_dir: str) -> dict:
   default (on CPU with the layer scan unrolled: transformer.unrolled_layers).
   Target: ratio >= 0.8 * bytes_per_concept / bytes_per_token.
   """
-  if config.task == 'pipeline':  # no trained stage 1 needed
+  concept_config, given = config, {}
+  if pipeline.is_pipeline(config):  # no trained stage 1 needed
     # The model the pipeline samples from: its last stage's (a distilled
     # head's, when it has one; its config is a concept LM's).
-    concept_config = config.stages[train.pipeline_stages(config)[-1]]
-    task = concept_lm.Task(concept_config,
-                           autoencoder_config=config.stages.autoencoder)
-  elif config.task in tasks.CONCEPT_LM_TASKS:
-    # A head_distill config samples like the concept LM it describes.
-    concept_config, task = config, concept_lm.Task(config)
-  else:
-    raise UserError('bench generate needs a concept_lm or pipeline config, '
+    concept_config = config.stages[pipeline.last_stage(config)]
+    given = dict(autoencoder=config.stages.autoencoder)
+  if not issubclass(tasks.task_class(concept_config), concept_lm.Task):
+    raise UserError('bench generate needs a concept LM or pipeline config, '
                     f'not task {config.task!r}')
+  # A distilled head's config samples like the concept LM it describes;
+  # only shapes matter here, not the stage-1 weights.
+  task = concept_lm.Task(concept_config,
+                         concept_lm.Task.stages_of(concept_config, given))
   token_config = _token_baseline_config(concept_config, config_dir)
   token_task = tasks.get_task(token_config)
   rng = jax.random.key(config.seed)
@@ -340,12 +339,13 @@ def bench_generate(config, config_dir: str) -> dict:
 
   def concept_stream(sampler):
     return lambda steps: sampler.stream(context_LxK[None], rng, steps,
-                                        concept_generate.DEFAULT_TEMPERATURE)
+                                        sampling.TEMPERATURE)
   concept_steps_per_s, headless_steps_per_s, token_steps_per_s = (
       _quietest_steps_per_s(
           [concept_stream(concept_sampler), concept_stream(headless),
-           lambda steps: token_sampler.stream(prompt_1x1, rng, steps,
-                                              temperature=0.8, top_p=0.95)],
+           lambda steps: token_sampler.stream(
+               prompt_1x1, rng, steps, temperature=sampling.TEMPERATURE,
+               top_p=sampling.TOP_P)],
           num_steps))
 
   bytes_per_concept = mean_bytes_per_unit(concept_config, task)

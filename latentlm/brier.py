@@ -79,8 +79,8 @@ UNITS = ('bytes', 'words')
 # window of 64 chunks), so one default serves every model of the project.
 DEFAULT_BLOCK_BYTES = 64
 # Enough that Brier-1's 95% interval is narrow enough to rank CPU-scale
-# models (the target half-width is in docs/results/brier_protocol.md).
-DEFAULT_NUM_POSITIONS = 4096
+# models (the target half-width and what it costs: docs/measurement.md).
+DEFAULT_NUM_POSITIONS = 8192
 DEFAULT_MAX_NEW_BYTES = 64
 MAX_SAMPLER_ROWS = 512  # rows of one batched sampling stream
 _WORD = re.compile(rb'\s*\S+')
@@ -313,18 +313,10 @@ def score(continuations, documents, rng, block_bytes=DEFAULT_BLOCK_BYTES,
               positions_key=key, brier_terms=terms_PxN.tolist())
 
 
-CONTINUATIONS = dict(token_lm=token_lm_continuations,
-                     concept_lm=concept_lm_continuations,
-                     head_distill=concept_lm_continuations)
-
-
 def evaluate_run(run, documents, seed=0, temperature=1.0, **kwargs) -> dict:
-  """BrierLM of a token LM or concept LM run on `documents`."""
-  if run.config.task not in CONTINUATIONS:
-    raise UserError(f'BrierLM scores language models (token_lm, concept_lm, '
-                    f'head_distill), not a {run.config.task!r} run: give the '
-                    'workdir of a language model')
-  sample = CONTINUATIONS[run.config.task]
+  """BrierLM of a language model run on `documents`, sampled by its task's
+  `brier_continuations` (token_lm_continuations, concept_lm_continuations)."""
+  sample = run.task.brier_continuations
   max_new_bytes = kwargs.get('max_new_bytes', DEFAULT_MAX_NEW_BYTES)
   unit = kwargs.get('unit', 'bytes')
   stats = {}

@@ -46,11 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latentlm import sampling
 from latentlm.data import corpus
 from latentlm.errors import UserError
 from latentlm.models import transformer
 
-DEFAULT_TEMPERATURE = 0.8
 # Draws per context before a partial last chunk falls back to being read as
 # whole: generous, so that only a model that almost never writes the text
 # the context ends in falls back (and then BrierLM counts it).
@@ -321,9 +321,10 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
 
 
 def concept_lm_texts(run, prompt: str, num_samples: int, rng,
-                     temperature=DEFAULT_TEMPERATURE, max_bytes=400,
+                     temperature=sampling.TEMPERATURE,
+                     max_bytes=sampling.MAX_BYTES,
                      on_text=None, stop_on_repeat=False,
-                     num_candidates=1) -> list[str]:
+                     num_candidates=DEFAULT_CANDIDATES) -> list[str]:
   """Samples continuations of `prompt`; `on_text` receives sample 0's pieces."""
   if temperature < 0:
     raise UserError(f'temperature={temperature} must be >= 0')

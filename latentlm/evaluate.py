@@ -18,10 +18,7 @@ import jax
 from latentlm import brier
 from latentlm import checkpoint
 from latentlm import cli
-from latentlm import concept_metrics
-from latentlm import reconstruction
 from latentlm import runs
-from latentlm import tasks
 from latentlm import train
 from latentlm import workdir as workdir_lib
 from latentlm.data import corpus
@@ -40,28 +37,11 @@ def eval_batches(run, split: str | None, text_path: str | None,
                          source=source)
 
 
-def token_lm_metrics(run, batches) -> dict:
-  metrics = run.trainer.evaluate(run.state, batches, max_batches=10**9)
-  if not metrics.get('num_bytes'):
-    raise cli.UserError('the evaluation text has no bytes to score; give a '
-                        'text with content')
-  return dict(bits_per_byte=metrics['bits_per_byte'],
-              token_accuracy=metrics['accuracy'], loss=metrics['loss'],
-              num_bytes=metrics['num_bytes'])
-
-
 def evaluate(run, split=None, text_path=None, batch_size=16) -> dict:
+  """The metrics of the run's task (Task.evaluation_metrics)."""
   split = split or run.config.data.eval_split
   batches = eval_batches(run, split, text_path, batch_size)
-  if run.config.task == 'token_lm':
-    metrics = token_lm_metrics(run, batches)
-  elif run.config.task == 'autoencoder':
-    metrics = reconstruction.reconstruction_metrics(run, batches)
-  elif run.config.task in tasks.CONCEPT_LM_TASKS:
-    metrics = concept_metrics.concept_lm_metrics(run, batches)
-  else:
-    raise cli.UserError(f'evaluation of task {run.config.task!r} is not '
-                        'available yet')
+  metrics = run.task.evaluation_metrics(run, batches)
   return dict(metrics, step=run.step,
               data=text_path or f'{run.config.data.name}:{split}')
 

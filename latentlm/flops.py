@@ -13,10 +13,13 @@ LM's step also runs its frozen stage-1 encoder forward (to make its targets
 and, for latent input, its inputs) and the auxiliary token readout, and
 these are part of what an equal-FLOPs comparison must charge it. A run's
 all-in FLOPs add the stages it builds on (`upstream_flops`): a concept LM's
-stage 1, a distilled head's teacher (with the teacher's own stage 1). A
-head, task, segmentation, encoder, input or solver that this module has no
-count for is a UserError, never a silent default: a wrong count would skew
-every equal-FLOPs study without a sign.
+stage 1, a distilled head's teacher (with the teacher's own stage 1).
+
+The building blocks are here; each task counts its step and its upstream
+stages with them (Task.train_flops_per_step, Task.upstream_flops), and each
+head its loss (Head.loss_weights). A head, task, segmentation, encoder,
+input or solver without a count is a UserError, never a silent default: a
+wrong count would skew every equal-FLOPs study without a sign.
 """
 
 import time
@@ -27,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentlm import config_lib
+from latentlm import tasks
 from latentlm.errors import UserError
 from latentlm.models import concept
-from latentlm.tasks import concept_lm as concept_lm_task
-from latentlm.tasks import head_distill as head_distill_task
+from latentlm.models import heads
+from latentlm.tasks import pipeline
 
 # Forward + backward = 3 forwards.
 TRAIN_PASSES = 3
@@ -177,7 +181,7 @@ _SEGMENTATIONS = {'fixed': _padded_chunks, 'words': _padded_chunks,
                   'sentences': _padded_chunks}
 
 
-def _row_chunks(autoencoder, num_chunks: int) -> int:
+def row_chunks(autoencoder, num_chunks: int) -> int:
   """Chunks computed in a row of `num_chunks` of `autoencoder`'s
   segmentation."""
   kind = autoencoder.segment.kind
@@ -185,62 +189,13 @@ def _row_chunks(autoencoder, num_chunks: int) -> int:
 
 
 # --- generative heads ------------------------------------------------------
-# Each maps (head config, d_model, latent_dim Z, targets) to the weights its
-# loss multiplies at one position. The trunk projects h to H, and its
-# modulations (3 per block, 2 at the end) read the condition; each stream it
-# runs has the blocks' two matmuls and the input and output projections.
-def _trunk_weights(head):
-  """(modulations, blocks) of a head's trunk."""
-  H, L = head.hidden_dim, head.num_layers
-  return H * H * (3 * L + 2), 2 * H * H * L
-
-
-def _mse_weights(head, d_model, Z, num_targets):
-  """One stream on the condition, to the latent."""
-  del num_targets  # the mean is scored against all of them at once
-  modulations, blocks = _trunk_weights(head)
-  return d_model * head.hidden_dim + modulations + blocks + head.hidden_dim * Z
-
-
-def _gmm_weights(head, d_model, Z, num_targets):
-  """One stream on the condition, to each component's weight, means, stds."""
-  del num_targets  # the likelihood of each costs no matmul
-  modulations, blocks = _trunk_weights(head)
-  outputs = head.num_components * (1 + 2 * Z)
-  return d_model * head.hidden_dim + modulations + blocks + (
-      head.hidden_dim * outputs)
-
-
-def _energy_weights(head, d_model, Z, num_targets):
-  """One condition, num_samples streams from noise."""
-  del num_targets  # the score compares samples and targets without matmuls
-  H = head.hidden_dim
-  modulations, blocks = _trunk_weights(head)
-  stream = head.noise_dim * H + blocks + H * Z
-  return d_model * H + modulations + head.num_samples * stream
-
-
-def _per_target_weights(head, d_model, Z, num_targets):
-  """A stream per target, whose condition adds the time (features -> H), so
-  its modulations run per target too (flow, diffusion)."""
-  H = head.hidden_dim
-  modulations, blocks = _trunk_weights(head)
-  stream = H * H + modulations + Z * H + blocks + H * Z
-  return d_model * H + num_targets * stream
-
-
-# head.name -> the weights of its training loss per position.
-_HEADS = {'mse': _mse_weights, 'gmm': _gmm_weights, 'energy': _energy_weights,
-          'flow': _per_target_weights, 'diffusion': _per_target_weights}
-
-
 def head_flops_per_position(head, d_model: int, latent_dim: int,
                             num_targets: int) -> dict:
   """A generative head's loss (latentlm.models.heads) at one concept
   position, against `num_targets` target samples."""
-  weights = _known(_HEADS, head.name, 'head')
-  return dense_flops_per_token(weights(head, d_model, latent_dim,
-                                       num_targets))
+  head = heads.head_config(head)
+  return dense_flops_per_token(heads.head_class(head.name).loss_weights(
+      head, d_model, latent_dim, num_targets))
 
 
 # head.solver of a flow head -> the velocities its S steps evaluate: Heun's
@@ -277,6 +232,11 @@ def _input_kind(config) -> _Input:
   return _known(_INPUTS, config.model.input, 'concept LM input')
 
 
+def input_is_encoded(config) -> bool:
+  """Whether a concept LM's input is made by the frozen encoder."""
+  return _input_kind(config).encoded
+
+
 def backbone_flops_per_position(config, autoencoder) -> dict:
   """A concept LM's causal stack and its input projection, per concept."""
   K, Z = autoencoder.model.chunk_len, autoencoder.model.latent_dim
@@ -293,15 +253,12 @@ def token_readout_flops_per_position(config, autoencoder) -> dict:
   return dense_flops_per_token(weights if config.token_loss_weight > 0 else 0)
 
 
-def concept_lm_flops_per_position(config, autoencoder=None) -> dict:
+def concept_lm_flops_per_position(config, autoencoder) -> dict:
   """What a concept LM trains per concept: the causal stack, its input
   projection, the head and the auxiliary token readout. The frozen
-  encoder's forward pass is per chunk (train_flops_per_step adds it).
-
-  K and the latent size come from the stage-1 config: `autoencoder`, or
-  else that of the stage-1 workdir.
+  encoder's forward pass is per chunk (the task's step count adds it).
+  K and the latent size come from the stage-1 config `autoencoder`.
   """
-  autoencoder = _stage1(config, autoencoder)
   head = head_flops_per_position(config.head, config.model.d_model,
                                  autoencoder.model.latent_dim,
                                  config.head_targets)
@@ -324,95 +281,17 @@ def head_distill_flops_per_position(config, teacher_head, autoencoder):
           3 * decoder['forward'])
 
 
-# --- the stages a run builds on --------------------------------------------
-def _stage1(config, autoencoder=None, teacher=None):
-  """A concept LM's stage-1 config: `autoencoder`, or else its workdir's
-  (a distilled head's defaults to its teacher's)."""
-  if autoencoder is not None:
-    return autoencoder
-  path = config.autoencoder_workdir
-  if not path and teacher is not None:
-    path = teacher.autoencoder_workdir
-  return concept_lm_task.load_autoencoder_config(path)
-
-
-def _teacher(config, teacher=None):
-  """A distilled head's teacher config: `teacher`, or its workdir's."""
-  if teacher is not None:
-    return teacher
-  return head_distill_task.load_teacher_config(config.teacher_workdir)
-
-
-# --- one step of each task -------------------------------------------------
-# Each takes (config, autoencoder, teacher): the stage configs it builds on,
-# None to read them from the workdirs the config names.
-def _token_lm_step(config, autoencoder, teacher):
-  del autoencoder, teacher
-  tokens = config.train.batch_size * config.data.seq_len
-  return tokens * token_lm_flops_per_token(config.model,
-                                           config.data.seq_len)['train']
-
-
-def _autoencoder_step(config, autoencoder, teacher):
-  del autoencoder, teacher
-  chunks = config.train.batch_size * _row_chunks(config, config.data.seq_len)
-  return chunks * autoencoder_flops_per_chunk(config.model)['train']
-
-
-def _concept_lm_step(config, autoencoder, teacher):
-  """Rows of S + 1 chunks: the frozen encoder reads all of them (targets
-  and, for latent input, inputs), and S are trained positions."""
-  del teacher
-  autoencoder = _stage1(config, autoencoder)
-  B, chunks = config.train.batch_size, _row_chunks(autoencoder,
-                                                   config.data.seq_len + 1)
-  trained = concept_lm_flops_per_position(config, autoencoder)['train']
-  encoder = encoder_flops_per_chunk(autoencoder.model)['forward']
-  return B * ((chunks - 1) * trained + chunks * encoder)
-
-
-def _head_distill_step(config, autoencoder, teacher):
-  """The teacher's samples are the targets: the encoder reads only inputs,
-  and only for latent input."""
-  teacher = _teacher(config, teacher)
-  autoencoder = _stage1(config, autoencoder, teacher)
-  B, chunks = config.train.batch_size, _row_chunks(autoencoder,
-                                                   config.data.seq_len + 1)
-  per_position = head_distill_flops_per_position(config, teacher.head,
-                                                 autoencoder)
-  if _input_kind(config).encoded:
-    per_position += encoder_flops_per_chunk(autoencoder.model)['forward']
-  return B * (chunks - 1) * per_position
-
-
-def _no_upstream(config, autoencoder, teacher):
-  del config, autoencoder, teacher
-  return 0.0
-
-
-def _stage1_upstream(config, autoencoder, teacher):
-  del teacher
-  autoencoder = _stage1(config, autoencoder)
-  return all_in_flops(autoencoder, autoencoder.train.num_steps)
-
-
-def _teacher_upstream(config, autoencoder, teacher):
-  teacher = _teacher(config, teacher)
-  autoencoder = _stage1(config, autoencoder, teacher)
-  return all_in_flops(teacher, teacher.train.num_steps, autoencoder)
-
-
-class _Task(NamedTuple):
-  step: Callable  # FLOPs of one optimizer step
-  upstream: Callable  # all-in FLOPs of the stages it builds on
-
-
-# config.task -> its counts. A token LM's tokenizer, like a data pipeline,
-# is not model FLOPs.
-_TASKS = {'token_lm': _Task(_token_lm_step, _no_upstream),
-          'autoencoder': _Task(_autoencoder_step, _no_upstream),
-          'concept_lm': _Task(_concept_lm_step, _stage1_upstream),
-          'head_distill': _Task(_head_distill_step, _teacher_upstream)}
+# --- a run's step and the stages it builds on -----------------------------
+def _task_stages(config, autoencoder, teacher):
+  """The Task class of `config` and its stages' configs (name -> config):
+  `autoencoder` and `teacher` where given, else those of the workdirs the
+  config names."""
+  cls = tasks.task_class(config)
+  given = {name: stage for name, stage in
+           dict(autoencoder=autoencoder, teacher=teacher).items()
+           if stage is not None}
+  return cls, {name: stage.config
+               for name, stage in cls.stages_of(config, given).items()}
 
 
 def train_flops_per_step(config, autoencoder=None, teacher=None) -> float:
@@ -425,16 +304,16 @@ def train_flops_per_step(config, autoencoder=None, teacher=None) -> float:
   Uses `config.model.vocab_size`; a tokenizer with another vocabulary size
   must be reflected there for the output terms to be right.
   """
-  count = _known(_TASKS, config.task, 'task')
-  return float(count.step(config, autoencoder, teacher))
+  cls, stages = _task_stages(config, autoencoder, teacher)
+  return float(cls.train_flops_per_step(config, stages))
 
 
 def upstream_flops(config, autoencoder=None, teacher=None) -> float:
   """All-in training FLOPs of the stages `config` builds on, from their
   configs (so a budget can be set before anything trains): a concept LM's
   stage 1; a distilled head's teacher, stage 1 included; 0 for the rest."""
-  count = _known(_TASKS, config.task, 'task')
-  return float(count.upstream(config, autoencoder, teacher))
+  cls, stages = _task_stages(config, autoencoder, teacher)
+  return float(cls.upstream_flops(config, stages))
 
 
 def all_in_flops(config, step: int, autoencoder=None, teacher=None) -> float:
@@ -447,11 +326,11 @@ def all_in_flops(config, step: int, autoencoder=None, teacher=None) -> float:
 def pipeline_flops(config) -> float:
   """All-in training FLOPs of a pipeline config (config.stages) when every
   stage has run: its last stage's, which counts the stages before it."""
-  from latentlm import train  # pylint: disable=g-import-not-at-top
   stages = config.stages
-  last = stages[train.pipeline_stages(config)[-1]]
+  last = stages[pipeline.last_stage(config)]
   return all_in_flops(last, last.train.num_steps, stages.autoencoder,
                       stages.concept_lm)
+
 
 def mfu(flops_per_step: float, step_time_s: float,
         peak_flops_per_s: float) -> float:

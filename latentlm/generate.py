@@ -14,9 +14,8 @@ import numpy as np
 
 from latentlm import cli
 from latentlm import concept_generate
-from latentlm import reconstruction
 from latentlm import runs
-from latentlm import tasks
+from latentlm import sampling
 from latentlm.errors import UserError
 from latentlm.models import transformer
 
@@ -128,8 +127,9 @@ class TokenSampler:
       yield read(unread)
 
 
-def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,
-                   top_p=0.95, max_bytes=400, on_text=None) -> list[str]:
+def token_lm_texts(run, prompt: str, num_samples: int, rng,
+                   temperature=sampling.TEMPERATURE, top_p=sampling.TOP_P,
+                   max_bytes=sampling.MAX_BYTES, on_text=None) -> list[str]:
   """Samples continuations of `prompt`; `on_text` receives sample 0's pieces."""
   tokenizer = run.task.tokenizer
   prompt_ids = np.concatenate([[tokenizer.eos_id], tokenizer.encode(prompt)])
@@ -154,28 +154,17 @@ def token_lm_texts(run, prompt: str, num_samples: int, rng, temperature=0.8,
   return [tokenizer.decode(ids) for ids in outputs]
 
 
-def generate_texts(run, prompt: str, num_samples: int, rng, **kwargs):
-  """Samples for any task; the entry point train and the CLI share."""
-  if run.config.task == 'token_lm':
-    kwargs.pop('num_candidates', None)  # a concept LM's sampling option
-    return token_lm_texts(run, prompt, num_samples, rng, **kwargs)
-  if run.config.task == 'autoencoder':  # a round trip: no sampling arguments
-    return reconstruction.autoencoder_texts(run, prompt, num_samples, rng)
-  if run.config.task in tasks.CONCEPT_LM_TASKS:
-    kwargs.pop('top_p', None)  # a head has no nucleus to cut
-    return concept_generate.concept_lm_texts(run, prompt, num_samples, rng,
-                                             **kwargs)
-  raise UserError(f'generation for task {run.config.task!r} is not available')
-
-
 def define_flags():
   """Flags of this command, defined only when it runs as the program."""
   flags.DEFINE_string('workdir', None, 'A trained run.')
   flags.DEFINE_string('prompt', '', 'Text to continue.')
   flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-  flags.DEFINE_float('temperature', 0.8, 'Sampling temperature (> 0; 0 = greedy).')
-  flags.DEFINE_float('top_p', 0.95, 'Nucleus sampling mass in (0, 1].')
-  flags.DEFINE_integer('max_bytes', 400, 'Stop after about this many bytes.')
+  flags.DEFINE_float('temperature', sampling.TEMPERATURE,
+                     'Sampling temperature (> 0; 0 = greedy).')
+  flags.DEFINE_float('top_p', sampling.TOP_P,
+                     'Nucleus sampling mass in (0, 1].')
+  flags.DEFINE_integer('max_bytes', sampling.MAX_BYTES,
+                       'Stop after about this many bytes.')
   flags.DEFINE_integer(
       'candidates', concept_generate.DEFAULT_CANDIDATES,
       'Concept LM: head samples per step that the temperature chooses among '
@@ -189,15 +178,16 @@ def main(argv):
   if f.candidates < 1:
     raise UserError(f'--candidates={f.candidates} must be at least 1')
   run = runs.load(f.workdir)
-  if run.config.task == 'autoencoder':  # the round trip replaces the prompt
-    print(generate_texts(run, f.prompt, 1, jax.random.key(f.seed))[0])
+  if not run.task.continues_prompt:  # e.g. a round trip replaces the prompt
+    print(run.task.generate_texts(run, f.prompt, 1,
+                                  jax.random.key(f.seed))[0])
     return
   sys.stdout.write(f.prompt)
   write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
-  generate_texts(run, f.prompt, 1, jax.random.key(f.seed),
-                 temperature=f.temperature, top_p=f.top_p,
-                 max_bytes=f.max_bytes, on_text=write,
-                 num_candidates=f.candidates)
+  run.task.generate_texts(run, f.prompt, 1, jax.random.key(f.seed),
+                          temperature=f.temperature, top_p=f.top_p,
+                          max_bytes=f.max_bytes, on_text=write,
+                          num_candidates=f.candidates)
   sys.stdout.write('\n')
 
 

@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latentlm import sampling
 from latentlm import train
 from latentlm.data import corpus
 from latentlm.data import segment
 from latentlm.tasks.autoencoder import reconstruction_counts
 
 NOISE_STDS = (0.1, 0.3, 0.5)
-# Bytes of the held-out split that an empty prompt round-trips.
-DEFAULT_TEXT_BYTES = 400
 
 
 def _decoded_with_noise(task, params, tokens_NxK, rng, noise_stds):
@@ -67,12 +66,12 @@ def autoencoder_texts(run, prompt: str, num_samples: int, rng,
 
   Text 0 decodes the encoder mean; the others decode the mean plus Gaussian
   noise `noise_std`, to show how robust the latent is. An empty prompt
-  round-trips the first bytes of the held-out split.
+  round-trips the first sampling.MAX_BYTES bytes of the held-out split.
   """
   task = run.task
   if not prompt:
     data = run.config.data
-    prompt = corpus.split_texts(data, data.eval_split)[0][:DEFAULT_TEXT_BYTES]
+    prompt = corpus.split_texts(data, data.eval_split)[0][:sampling.MAX_BYTES]
   chunks_MxK = task.unit_fn(task.tokenizer.encode(prompt))
   if not len(chunks_MxK):
     return [''] * num_samples

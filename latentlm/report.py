@@ -70,21 +70,8 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def config_summary(config) -> str:
-  """The fields that tell variants apart, per task."""
-  if config.task == 'token_lm':
-    m = config.model
-    return (f'token_lm {config.data.tokenizer} d={m.d_model} L={m.num_layers}'
-            f' seq={config.data.seq_len}')
-  if config.task in tasks.CONCEPT_LM_TASKS:
-    m = config.model
-    steps = (f' steps={config.head.num_steps}'
-             if config.task == 'head_distill' else '')
-    return (f'{config.task} head={config.head.name}{steps} input={m.input} '
-            f'd={m.d_model} L={m.num_layers} seq={config.data.seq_len}')
-  if config.task == 'autoencoder':
-    return (f'autoencoder K={config.segment.chunk_len} '
-            f'segment={config.segment.kind} Dz={config.model.latent_dim}')
-  return config.task
+  """The fields that tell variants apart (Task.describe)."""
+  return tasks.task_class(config).describe(config)
 
 
 def trainable_params(config) -> int | None:
@@ -98,17 +85,12 @@ def _trainable_params(config_json: str) -> int | None:
   """Cached by config: a sweep's runs often share one model."""
   config = ml_collections.ConfigDict(json.loads(config_json))
   from latentlm.models import transformer  # pylint: disable=g-import-not-at-top
-  from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
   try:
-    if config.task == 'concept_lm':  # the stage-1 config, not its weights
-      task = concept_lm.Task(config, concept_lm.load_autoencoder_config(
-          config.autoencoder_workdir))
-    else:
-      task = tasks.get_task(config)
+    task = tasks.get_task(config)  # the stages' configs, not their weights
     params, _ = jax.eval_shape(task.init, jax.random.key(0))
   except UserError:
     return None
-  if hasattr(task, 'trainable'):  # e.g. head_distill: only the head
+  if task.trainable is not None:  # e.g. head_distill: only the head
     params = jax.tree.map(lambda train, p: p if train else None,
                           task.trainable(params), params)
   return transformer.param_count(params)

@@ -1,4 +1,5 @@
-"""Loading a trained run from its workdir, for evaluate, generate and stage 2."""
+"""Loading a trained run from its workdir, for evaluate, generate and stage 2;
+building a task on the trained runs it builds on."""
 
 import dataclasses
 from typing import Any
@@ -11,6 +12,7 @@ from latentlm import sharding
 from latentlm import tasks
 from latentlm import workdir as workdir_lib
 from latentlm.errors import UserError
+from latentlm.tasks import pipeline
 
 
 @dataclasses.dataclass
@@ -27,15 +29,17 @@ def load(workdir_path: str, devices=None) -> Run:
   of this process's, which every process of a multi-host run can address).
 
   A run saved on any mesh restores here: the restore target carries this
-  mesh's shardings. A pipeline's workdir (the main job's) stands for its
-  last stage, so evaluate and generate take the directory the job printed.
+  mesh's shardings. Its task is built on the configs of the runs it builds
+  on, not their weights: the checkpoint holds its frozen params. A
+  pipeline's workdir (the main job's) stands for its last stage, so
+  evaluate and generate take the directory the job printed.
   """
   from latentlm import train  # pylint: disable=g-import-not-at-top
   workdir = workdir_lib.Workdir(workdir_path)
   config = workdir.load_config()
-  if config.get('task') == 'pipeline':
-    stage = train.pipeline_stages(config)[-1]
-    stage_path = train.pipeline_stage_path(workdir.path, stage)
+  if pipeline.is_pipeline(config):
+    stage = pipeline.last_stage(config)
+    stage_path = pipeline.stage_path(workdir.path, stage)
     if not workdir_lib.Workdir(stage_path).exists():
       raise UserError(f'{workdir.path} is a pipeline whose {stage} stage has '
                       'not started; rerun python -m latentlm.train on it')
@@ -60,3 +64,19 @@ def load(workdir_path: str, devices=None) -> Run:
   state = ckpt.restore_state(step, trainer.abstract_state)
   ckpt.close()
   return Run(config=config, task=task, trainer=trainer, state=state, step=step)
+
+
+def stage_weights(workdir_path: str) -> dict:
+  """The trained params and frozen params of a workdir, as host arrays."""
+  state = load(workdir_path).state
+  return jax.device_get(dict(params=state.params, frozen=state.frozen))
+
+
+def build_task(config):
+  """The Task of `config`, handed the trained weights of the runs it builds
+  on (a concept LM's autoencoder, a distilled head's teacher): what
+  training starts from."""
+  cls = tasks.task_class(config)
+  stages = {name: stage._replace(weights=stage_weights(stage.path))
+            for name, stage in cls.stages_of(config).items()}
+  return cls(config, stages)

@@ -24,12 +24,13 @@ from latentlm import config_lib
 from latentlm import distributed
 from latentlm import flops
 from latentlm import reliability
+from latentlm import run_summary
 from latentlm import sharding
 from latentlm import step as step_lib
-from latentlm import tasks
 from latentlm import workdir as workdir_lib
-from latentlm.data import pipeline
+from latentlm.data import pipeline as data_pipeline
 from latentlm.errors import UserError
+from latentlm.tasks import pipeline
 
 
 def global_batch(local_batch, mesh):
@@ -54,7 +55,7 @@ def per_process_batch_size(config, mesh) -> int:
 def make_data(config, task, split, batch_size, *, seed, shuffle=True,
               num_epochs=None, source=None):
   """The task's batches of `split` (or of `source`, a list of documents)."""
-  return pipeline.make_iterator(
+  return data_pipeline.make_iterator(
       config.data, split=split, source=source, unit_fn=task.unit_fn,
       unit_shape=task.unit_shape, row_len=task.row_len,
       row_overlap=task.row_overlap, batch_size=batch_size,
@@ -69,8 +70,7 @@ class Trainer:
     self.config, self.task, self.mesh = config, task, mesh
     self.rules = sharding.logical_rules(config.sharding.rules)
     self.optimizer = step_lib.make_optimizer(
-        config.optimizer, config.train.num_steps,
-        getattr(task, 'trainable', None))
+        config.optimizer, config.train.num_steps, task.trainable)
     self.rng = jax.random.key(config.seed)
 
     def init_fn(rng):
@@ -125,6 +125,14 @@ class Trainer:
       return self._run('train_step', self._train_step, state,
                        global_batch(batch, self.mesh), self.rng)
 
+  def lower_train_step(self, state, batch, rng=None):
+    """The train step lowered for these arguments (arrays or
+    jax.ShapeDtypeStructs; rng defaults to the trainer's): for XLA's cost
+    analysis and ahead-of-time compiles (bench, aot)."""
+    with self.context():
+      return self._train_step.lower(state, batch,
+                                    self.rng if rng is None else rng)
+
   def lockstep_batches(self, iterator, max_batches: int = 10**9):
     """Up to `max_batches` of `iterator`, as many on every process: one that
     runs out early feeds all-PAD batches, which every metric weighs as 0."""
@@ -165,13 +173,16 @@ def peak_flops_per_s(devices) -> float:
 # ============================================================================
 # main
 # ============================================================================
-def train(config, workdir_path: str) -> dict:
-  """Trains `config` in `workdir_path`; returns the last eval metrics."""
+def train(config, workdir_path: str, summary: bool = True) -> dict:
+  """Trains `config` in `workdir_path`; returns the last eval metrics.
+  A finished run prints its summary (run_summary) unless `summary` is
+  False (a pipeline's stage: the pipeline prints one for all)."""
+  from latentlm import runs  # pylint: disable=g-import-not-at-top
   # --- config -----------------------------------------------------------
   config_lib.check_positive(config)
   workdir = workdir_lib.Workdir(workdir_path)
   workdir.check_compatible(config)
-  task = tasks.get_task(config)
+  task = runs.build_task(config)  # on the trained stages it builds on
 
   # --- mesh -------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -250,7 +261,7 @@ def train(config, workdir_path: str) -> dict:
         writer.write(step, logged)
         progress.set_postfix(loss=f"{logged['train/loss']:.4f}",
                              tok_s=f"{logged['train/tokens_per_s']:.0f}")
-      if step == num_steps and hasattr(task, 'finalize'):
+      if step == num_steps:
         # e.g. the autoencoder's latent statistics, saved with the last step
         state = task.finalize(trainer, state, functools.partial(
             make_data, config, task, 'train', batch_size, seed=config.seed + 1))
@@ -277,6 +288,9 @@ def train(config, workdir_path: str) -> dict:
           'same command to resume', file=sys.stderr)
   else:
     write_samples(config, task, trainer, state, workdir)
+    if summary and is_lead:
+      print(run_summary.run_summary(config, workdir.path, eval_metrics),
+            flush=True)
   return eval_metrics
 
 
@@ -289,8 +303,8 @@ def write_samples(config, task, trainer, state, workdir, num_samples=3):
   from latentlm import runs  # pylint: disable=g-import-not-at-top
   run = runs.Run(config=config, task=task, trainer=trainer, state=state,
                  step=int(state.step))
-  texts = generate.generate_texts(run, generate.DEFAULT_PROMPT, num_samples,
-                                  jax.random.key(config.seed))
+  texts = task.generate_texts(run, generate.DEFAULT_PROMPT, num_samples,
+                              jax.random.key(config.seed))
   body = '\n\n'.join(f'--- sample {i} (step {run.step})\n{t}'
                       for i, t in enumerate(texts))
   if jax.process_index() == 0:
@@ -301,26 +315,6 @@ def write_samples(config, task, trainer, state, workdir, num_samples=3):
 # ============================================================================
 # the pipeline of stages
 # ============================================================================
-# In order; config.stages.*. The first two are required; head_distill, when
-# the config has it, distils stage 2's flow head into one that samples in
-# fewer passes, and the pipeline samples from it.
-PIPELINE_STAGES = ('autoencoder', 'concept_lm', 'head_distill')
-_REQUIRED_STAGES = PIPELINE_STAGES[:2]
-
-
-def pipeline_stages(config) -> tuple[str, ...]:
-  """The stages of a pipeline config, in order."""
-  for name in _REQUIRED_STAGES:
-    if name not in config.stages:
-      raise UserError(f'a pipeline config needs config.stages.{name}')
-  return tuple(name for name in PIPELINE_STAGES if name in config.stages)
-
-
-def pipeline_stage_path(pipeline_path: str, name: str) -> str:
-  """Where a pipeline's stage `name` keeps its own workdir."""
-  return os.path.join(pipeline_path, name)
-
-
 def _finished_eval(config, workdir) -> dict | None:
   """The final eval metrics of a finished run in `workdir`, else None."""
   if not os.path.exists(workdir.samples_path):  # written last by train()
@@ -341,9 +335,8 @@ def train_pipeline(config, workdir_path: str) -> dict:
   skipped, so rerunning the command resumes the stage it was in.
   """
   from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
-  from latentlm import generate  # pylint: disable=g-import-not-at-top
   from latentlm import runs  # pylint: disable=g-import-not-at-top
-  stages = pipeline_stages(config)
+  stages = pipeline.stage_names(config)
   for name in stages:
     config_lib.check_positive(config.stages[name])
   workdir = workdir_lib.Workdir(workdir_path)
@@ -351,30 +344,25 @@ def train_pipeline(config, workdir_path: str) -> dict:
   os.makedirs(workdir.path, exist_ok=True)
   workdir_lib.write_atomic(workdir.config_path, config.to_json(indent=2) + '\n')
   start = time.perf_counter()
-  summary = {}
+  summary, stage_metrics = {}, {}
   for i, name in enumerate(stages):
-    stage_config = config.stages[name].copy_and_resolve_references()
-    if name in ('concept_lm', 'head_distill'):
-      stage_config.autoencoder_workdir = pipeline_stage_path(workdir.path,
-                                                             'autoencoder')
-    if name == 'head_distill':
-      stage_config.teacher_workdir = pipeline_stage_path(workdir.path,
-                                                         'concept_lm')
-    stage_workdir = workdir_lib.Workdir(pipeline_stage_path(workdir.path,
+    stage_config = pipeline.stage_config(config, name, workdir.path)
+    stage_workdir = workdir_lib.Workdir(pipeline.stage_path(workdir.path,
                                                             name))
     eval_metrics = _finished_eval(stage_config, stage_workdir)
     if eval_metrics is None:
       print(f'stage {i + 1}/{len(stages)}: {name} -> '
             f'{stage_workdir.path}', flush=True)
-      eval_metrics = train(stage_config, stage_workdir.path)
+      eval_metrics = train(stage_config, stage_workdir.path, summary=False)
     else:
       print(f'stage {i + 1}/{len(stages)}: {name} already trained '
             f'in {stage_workdir.path}', flush=True)
+    stage_metrics[name] = eval_metrics
     summary.update({f'{name}/{k}': v for k, v in eval_metrics.items()})
 
   run = runs.load(stage_workdir.path)
   samples = config.samples
-  texts = generate.generate_texts(
+  texts = run.task.generate_texts(
       run, samples.prompt, samples.num_samples, jax.random.key(config.seed),
       temperature=samples.temperature, max_bytes=samples.max_bytes,
       num_candidates=samples.num_candidates)
@@ -384,7 +372,9 @@ def train_pipeline(config, workdir_path: str) -> dict:
   summary['word_vocabulary_fraction'] = concept_generate.vocabulary_fraction(
       texts, vocabulary)
   summary['minutes'] = (time.perf_counter() - start) / 60
-  print(json.dumps(summary), flush=True)
+  print(run_summary.pipeline_summary(config, workdir.path, stage_metrics),
+        flush=True)
+  print(json.dumps(summary), flush=True)  # the last line: one JSON object
   return summary
 
 
@@ -410,7 +400,7 @@ def define_flags():
 def main(argv):
   del argv
   distributed.initialize_from_flags()  # before anything touches a device
-  if flags.FLAGS.config.task == 'pipeline':
+  if pipeline.is_pipeline(flags.FLAGS.config):
     train_pipeline(flags.FLAGS.config, flags.FLAGS.workdir)
   else:
     train(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -66,5 +66,15 @@ def config_flags(config, prefix='--config') -> list[str]:
   return flags
 
 
+def check_summary(stdout: str, workdir: str, *units: str):
+  """`stdout` ends with a finished run's summary: its final eval metrics
+  with their `units`, its files and the next commands."""
+  summary = stdout[stdout.index('=== run finished'):]
+  for text in (*units, f'{workdir}/checkpoints', f'{workdir}/samples.txt',
+               f'{workdir}/metrics.jsonl',
+               f'python -m latentlm.evaluate --workdir={workdir}'):
+    assert text in summary, text
+
+
 def last_json_line(stdout: str) -> dict:
   return json.loads(stdout.strip().splitlines()[-1])

@@ -63,7 +63,7 @@ def workdir(tmp_path_factory):
       'train', f'--config=configs/autoencoder.py:K={K},segment=words',
       *helpers.config_flags(config), f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-2000:]
-  return workdir, str(text_file)
+  return workdir, str(text_file), result.stdout
 
 
 @pytest.fixture(scope='module')
@@ -215,6 +215,17 @@ def test_train_flops_match_xla_cost_analysis(encoder):
                                                              rel=0.05)
 
 
+def test_train_ends_with_a_summary_naming_stage_2(workdir):
+  run_dir, text_file, stdout = workdir
+  helpers.check_summary(stdout, run_dir, '% tokens', '% chunks',
+                                'nats/chunk')
+  # Stage 2 on the same text: the data fields this run set.
+  stage2 = ('python -m latentlm.train --config=configs/concept_lm.py '
+            f'--config.autoencoder_workdir={run_dir} ')
+  assert stage2 in stdout
+  assert f'--config.data.files={text_file}' in stdout
+
+
 def test_train_stores_latent_statistics_and_samples(workdir, trained):
   frozen = jax.device_get(trained.state.frozen)
   assert np.all(frozen['latent_std'] > 0)
@@ -224,7 +235,7 @@ def test_train_stores_latent_statistics_and_samples(workdir, trained):
 
 
 def test_evaluate_and_generate_commands(workdir):
-  run_dir, text_file = workdir
+  run_dir, text_file, _ = workdir
   result = helpers.run_module('evaluate', f'--workdir={run_dir}',
                               f'--text={text_file}')
   assert result.returncode == 0, result.stderr[-2000:]

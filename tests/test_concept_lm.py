@@ -14,13 +14,13 @@ import helpers
 from latentlm import checkpoint
 from latentlm import concept_generate
 from latentlm import flops
+from latentlm import runs
 from latentlm import sharding
 from latentlm import step as step_lib
 from latentlm import tasks
 from latentlm import train
 from latentlm import workdir as workdir_lib
 from latentlm.errors import UserError
-from latentlm.tasks import concept_lm
 
 PAD, EOS, K, S = 256, 258, 4, 8
 N = 3  # steps before the checkpoint; the uninterrupted run has 2N
@@ -58,8 +58,8 @@ def _random_chunks(rng, shape):
 
 def _task(input_kind='tokens'):
   """A task on a fresh autoencoder: no stage-1 workdir needed."""
-  return concept_lm.Task(_config(input_kind=input_kind),
-                         autoencoder_config=_autoencoder_config())
+  return tasks.get_task(_config(input_kind=input_kind),
+                        autoencoder=_autoencoder_config())
 
 
 def _random_like(abstract, seed=0):
@@ -90,8 +90,7 @@ def _model(input_kind):
 def untrained_run(config, devices=None):
   """A Run of `config`'s concept LM, initialised, on a fresh autoencoder
   (no stage-1 workdir), on `devices` (default: all)."""
-  from latentlm import runs  # pylint: disable=g-import-not-at-top
-  task = concept_lm.Task(config, _autoencoder_config())
+  task = tasks.get_task(config, autoencoder=_autoencoder_config())
   trainer = train.Trainer(config, task,
                           sharding.make_mesh(config.mesh, devices))
   return runs.Run(config=config, task=task, trainer=trainer,
@@ -124,8 +123,8 @@ def write_workdir(path, config, task, state):
   ckpt.close()
 
 
-@pytest.fixture(scope='module')
-def stage1(tmp_path_factory):
+def make_stage1(tmp_path_factory):
+  """(workdir, data dir, state) of a fake stage 1 on a data dir of TEXT."""
   data_dir = str(tmp_path_factory.mktemp('data'))
   with open(f'{data_dir}/hamlet.txt', 'w') as f:
     f.write(TEXT)
@@ -134,12 +133,17 @@ def stage1(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def stage1(tmp_path_factory):
+  return make_stage1(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
 def eight_devices(stage1, tmp_path_factory):
   """2N steps on 8 devices from a stage-1 workdir, checkpointed at step N."""
   path, data_dir, ae_state = stage1
   config = _config(path, data_dir)
   config.mesh.update(dict(data=2, fsdp=4, tensor=1))
-  task = concept_lm.Task(config)
+  task = runs.build_task(config)  # handed the stage-1 weights
   trainer = train.Trainer(config, task, sharding.make_mesh(config.mesh))
   ckpt = checkpoint.Checkpointer(str(tmp_path_factory.mktemp('ckpt')), 1, N)
   data = train.make_data(config, task, 'train', 8, seed=0)
@@ -241,25 +245,25 @@ def test_all_pad_targets_count_nowhere(eight_devices):
 def test_bad_autoencoder_workdir_is_one_line_user_error(tmp_path, stage1):
   _, data_dir, _ = stage1
   with pytest.raises(UserError, match='autoencoder_workdir is required'):
-    concept_lm.Task(_config('', data_dir))
+    runs.build_task(_config('', data_dir))
   with pytest.raises(UserError, match='not a latentlm workdir'):
-    concept_lm.Task(_config(str(tmp_path / 'missing'), data_dir))
+    runs.build_task(_config(str(tmp_path / 'missing'), data_dir))
   token_lm = workdir_lib.Workdir(str(tmp_path / 'token_lm'))
   token_lm.prepare(helpers.load_config('token_lm', 'size=nano'))
   with pytest.raises(UserError, match="'token_lm' run, not an autoencoder"):
-    concept_lm.Task(_config(token_lm.path, data_dir))
+    runs.build_task(_config(token_lm.path, data_dir))
   untrained = workdir_lib.Workdir(str(tmp_path / 'untrained'))
   untrained.prepare(_autoencoder_config(data_dir))
   with pytest.raises(UserError, match='no checkpoint yet') as error:
-    concept_lm.Task(_config(untrained.path, data_dir))
+    runs.build_task(_config(untrained.path, data_dir))
   assert '\n' not in str(error.value)
 
 
 def test_metrics_log_all_in_flops_from_stage_1_on_and_resume_them(
-    stage1, tmp_path):
+    stage1, tmp_path, capsys):
   """Every logged step's train/flops_all_in is stage 1's training plus this
   run's steps so far, the frozen encoder included; a resumed run goes on
-  counting from its checkpoint."""
+  counting from its checkpoint. Each ends with its summary."""
   path, data_dir, _ = stage1
   config = _config(path, data_dir)
   config.train.update(num_steps=2, log_every=1, eval_every=2,
@@ -268,6 +272,8 @@ def test_metrics_log_all_in_flops_from_stage_1_on_and_resume_them(
   train.train(config, run_dir)
   config.train.num_steps = 3
   train.train(config, run_dir)  # resumes at step 2
+  helpers.check_summary(capsys.readouterr().out, run_dir,
+                                'energy score/concept', 'l2/concept')
 
   records = [r for r in workdir_lib.read_metrics(workdir_lib.Workdir(run_dir))
              if 'train/loss' in r]

@@ -16,7 +16,6 @@ from latentlm import sharding
 from latentlm import tasks
 from latentlm import train
 from latentlm.errors import UserError
-from latentlm.tasks import concept_lm
 
 
 def _matmul_heavy_config():
@@ -44,9 +43,7 @@ def xla_train_flops(config, task, tokens_shape) -> float:
   trainer = train.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   batch = {'tokens': jax.ShapeDtypeStruct(tokens_shape, jnp.int32)}
-  with trainer.context():
-    compiled = trainer._train_step.lower(  # pylint: disable=protected-access
-        trainer.abstract_state, batch, trainer.rng).compile()
+  compiled = trainer.lower_train_step(trainer.abstract_state, batch).compile()
   return compiled.cost_analysis()['flops']
 
 
@@ -91,7 +88,7 @@ def _encoder_heavy_concept_lm(head, input_kind):
 def test_concept_lm_train_flops_match_xla_cost_analysis(head, input_kind):
   ae, config = _encoder_heavy_concept_lm(head, input_kind)
   B, S, K = config.train.batch_size, config.data.seq_len, 16
-  task = concept_lm.Task(config, autoencoder_config=ae)
+  task = tasks.get_task(config, autoencoder=ae)
   xla_flops = xla_train_flops(config, task, (B, S + 1, K))
   model_flops = flops.train_flops_per_step(config, ae)
   assert model_flops == pytest.approx(xla_flops, rel=0.1)
@@ -158,9 +155,10 @@ def _unknown_solver(ae, lm):
 
 @pytest.mark.parametrize('make_call, message', [
     (_unknown_head,
-     "head 'vae'; it knows ['diffusion', 'energy', 'flow', 'gmm', 'mse']"),
-    (_unknown_task, "task 'vq_lm'; it knows ['autoencoder', 'concept_lm', "
-                    "'head_distill', 'token_lm']"),
+     "head 'vae'; choose one of ['diffusion', 'energy', 'flow', 'gmm', "
+     "'mse']"),
+    (_unknown_task, "config.task='vq_lm' is not one of ('token_lm', "
+                    "'autoencoder', 'concept_lm', 'head_distill')"),
     (_unknown_segmentation, "segmentation 'syllables'; it knows ['fixed', "
                             "'sentences', 'words']"),
     (_unknown_segmentation_upstream, "segmentation 'syllables'"),

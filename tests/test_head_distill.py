@@ -17,12 +17,12 @@ import test_flops as flops_test
 from latentlm import checkpoint
 from latentlm import config_lib
 from latentlm import flops
+from latentlm import runs
 from latentlm import sharding
+from latentlm import tasks
 from latentlm import train
 from latentlm import workdir as workdir_lib
 from latentlm.errors import UserError
-from latentlm.tasks import concept_lm
-from latentlm.tasks import head_distill
 
 S = concept_lm_test.S
 N = 2  # steps before the checkpoint; the uninterrupted run has 2N
@@ -47,7 +47,7 @@ def _teacher_config(autoencoder_workdir, data_dir, **head):
 
 def _fake_teacher_workdir(path, config):
   """A concept LM workdir holding random params on its stage 1."""
-  task = concept_lm.Task(config)
+  task = runs.build_task(config)
   trainer = train.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   abstract = trainer.abstract_state
@@ -74,11 +74,7 @@ def _student_config(teacher_workdir, teacher_config, **head):
 
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('data'))
-  with open(f'{data_dir}/hamlet.txt', 'w') as f:
-    f.write(concept_lm_test.TEXT)
-  ae_path = str(tmp_path_factory.mktemp('autoencoder'))
-  concept_lm_test._fake_autoencoder_workdir(ae_path, data_dir)  # pylint: disable=protected-access
+  ae_path, data_dir, _ = concept_lm_test.make_stage1(tmp_path_factory)
   path = str(tmp_path_factory.mktemp('teacher'))
   config = _teacher_config(ae_path, data_dir)
   state = _fake_teacher_workdir(path, config)
@@ -91,7 +87,7 @@ def eight_devices(teacher, tmp_path_factory):
   """2N distillation steps on 8 devices, checkpointed at step N."""
   config = _student_config(teacher.path, teacher.config)
   config.mesh.update(dict(data=2, fsdp=4, tensor=1))
-  task = head_distill.Task(config)
+  task = runs.build_task(config)  # the teacher's weights
   trainer = train.Trainer(config, task, sharding.make_mesh(config.mesh))
   ckpt = checkpoint.Checkpointer(str(tmp_path_factory.mktemp('ckpt')), 1, N)
   data = train.make_data(config, task, 'train', 8, seed=0)
@@ -148,13 +144,13 @@ def test_a_student_sampled_like_its_teacher_matches_it_exactly(teacher):
   config = _student_config(teacher.path, teacher.config,
                            num_steps=head.num_steps, solver=head.solver,
                            guidance_scale=head.guidance_scale)
-  task = head_distill.Task(config)
+  task = tasks.get_task(config)
   params, frozen = jax.tree.map(jnp.asarray, (teacher.state.params, dict(
       teacher.state.frozen, teacher_head=teacher.state.params['head'])))
   loss, metrics = _loss_metrics(task, params, frozen)
   assert metrics['latent_se'] == 0.0 and metrics['chunk_agreement'] == 1.0
   # The one-step student of the same weights does not (its loss is > 0).
-  one_step = head_distill.Task(_student_config(teacher.path, teacher.config))
+  one_step = tasks.get_task(_student_config(teacher.path, teacher.config))
   assert _loss_metrics(one_step, params, frozen)[1]['latent_se'] > 0.1
   # The cross-entropy part is the decoder's, against the teacher's tokens.
   assert loss == pytest.approx(metrics['token_ce'], rel=1e-6)
@@ -162,7 +158,7 @@ def test_a_student_sampled_like_its_teacher_matches_it_exactly(teacher):
 
 def test_one_step_student_is_the_noise_plus_one_velocity(teacher):
   """The student's sample, computed another way: x0 + v(x0, h, t=0)."""
-  task = head_distill.Task(_student_config(teacher.path, teacher.config))
+  task = tasks.get_task(_student_config(teacher.path, teacher.config))
   head_params = {'params': teacher.state.params['head']}
   h_NxD = jax.random.normal(jax.random.key(1), (5, task.model_config.d_model))
   x_NxZ = 0.3 * jax.random.normal(jax.random.key(2), (5, task.latent_dim))
@@ -186,7 +182,7 @@ def test_flops_match_xla_cost_analysis(teacher, tmp_path, input_kind):
   _fake_teacher_workdir(str(tmp_path), teacher_config)
   config = _student_config(str(tmp_path), teacher_config)
   xla_flops = flops_test.xla_train_flops(
-      config, head_distill.Task(config),
+      config, tasks.get_task(config),
       (config.train.batch_size, S + 1, concept_lm_test.K))
   assert flops.train_flops_per_step(config) == pytest.approx(xla_flops,
                                                               rel=0.1)
@@ -206,24 +202,36 @@ def test_all_in_flops_count_the_teacher_and_its_stage_1(teacher):
       teacher_all_in)
 
 
+def test_train_ends_with_a_summary(teacher, tmp_path, capsys):
+  config = _student_config(teacher.path, teacher.config)
+  config.train.update(num_steps=1, log_every=1, eval_every=1,
+                      checkpoint_every=1, eval_batches=1)
+  config.mesh.data = -1  # every device
+  run_dir = str(tmp_path / 'student')
+  train.train(config, run_dir)
+  helpers.check_summary(capsys.readouterr().out, run_dir, '% concepts',
+                        'nats/concept')
+
+
 def test_bad_teacher_is_one_line_user_error(teacher, tmp_path):
   with pytest.raises(UserError, match='teacher_workdir is required'):
-    head_distill.Task(_student_config('', teacher.config))
+    tasks.get_task(_student_config('', teacher.config))
   with pytest.raises(UserError, match="'autoencoder' run, not a concept_lm"):
-    head_distill.Task(_student_config(teacher.ae_path, teacher.config))
+    tasks.get_task(_student_config(teacher.ae_path, teacher.config))
   energy = _teacher_config(teacher.ae_path, teacher.data_dir)
   energy.head = helpers.load_config('concept_lm', 'head=energy').head
   energy_workdir = workdir_lib.Workdir(str(tmp_path / 'energy'))
   energy_workdir.prepare(energy)
   with pytest.raises(UserError, match="'energy' head; distillation needs"):
-    head_distill.Task(_student_config(energy_workdir.path, teacher.config))
+    tasks.get_task(_student_config(energy_workdir.path, teacher.config))
   with pytest.raises(UserError, match='differs') as error:
-    head_distill.Task(_student_config(teacher.path, teacher.config,
-                                      hidden_dim=64))
+    # Checked against the teacher's weights, which training hands it.
+    runs.build_task(_student_config(teacher.path, teacher.config,
+                                    hidden_dim=64))
   assert '\n' not in str(error.value)
   assert 'set --config.head.hidden_dim=32 as in' in str(error.value)
   config = _student_config(teacher.path, teacher.config)
   config.distill.temperature_min = 0.5
   config.distill.temperature_max = 0.2
   with pytest.raises(UserError, match='temperature_min <= temperature_max'):
-    head_distill.Task(config)
+    tasks.get_task(config)

@@ -36,6 +36,13 @@ def test_main_job_trains_three_stages_then_samples_and_resumes(tmp_path):
           'minutes'} <= set(summary)
   assert 0.0 <= summary['word_vocabulary_fraction'] <= 1.0
   assert first.stdout.count('--- sample ') == 3
+  # Before the JSON line, every stage's final metrics with their units, and
+  # the next commands on the job's directory (it stands for its last stage).
+  printed = first.stdout[first.stdout.index('=== pipeline finished'):]
+  for text in ('% tokens', 'nats/concept', '% concepts',
+               f'{workdir}/head_distill/samples.txt',
+               f'python -m latentlm.generate --workdir={workdir}'):
+    assert text in printed, text
   with open(f'{workdir}/concept_lm/config.json') as f:
     assert json.load(f)['autoencoder_workdir'] == f'{workdir}/autoencoder'
   with open(f'{workdir}/head_distill/config.json') as f:

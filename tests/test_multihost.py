@@ -24,6 +24,7 @@ import pytest
 import helpers
 from latentlm import checkpoint
 from latentlm import distributed
+from latentlm import runs
 from latentlm import sharding
 from latentlm import tasks
 from latentlm import train
@@ -149,7 +150,7 @@ def _global_batches(*iterators):
 
 def _reference(config):
   """Losses of steps 1..2N and eval metrics at N and 2N, on 4 devices here."""
-  task = tasks.get_task(config)
+  task = runs.build_task(config)  # on the stages' trained weights, as train
   mesh = sharding.make_mesh(config.mesh,
                             jax.devices()[:PROCESSES * DEVICES_PER_PROCESS])
   trainer = train.Trainer(config, task, mesh)

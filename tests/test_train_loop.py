@@ -58,8 +58,9 @@ def test_resume_equals_uninterrupted(tmp_path, data_dir, full_run):
   _train(workdir, data_dir, N, env=EIGHT_DEVICES,
          **{'mesh.data': 4, 'mesh.fsdp': 2})
   assert max(_losses(workdir)) == N
-  _train(workdir, data_dir, 2 * N, env=EIGHT_DEVICES,
-         **{'mesh.data': 4, 'mesh.fsdp': 2})
+  finished = _train(workdir, data_dir, 2 * N, env=EIGHT_DEVICES,
+                    **{'mesh.data': 4, 'mesh.fsdp': 2})
+  helpers.check_summary(finished.stdout, workdir, 'bits/byte', '% tokens')
   resumed, full = _losses(workdir), _losses(full_run)
   assert sorted(resumed) == list(range(1, 2 * N + 1))  # no duplicates, no gaps
   np.testing.assert_allclose([resumed[s] for s in range(1, 2 * N + 1)],

@@ -68,8 +68,8 @@ def concept_lm_params(config, autoencoder) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from latentlm.models import transformer  # pylint: disable=g-import-not-at-top
-  from latentlm.tasks import concept_lm  # pylint: disable=g-import-not-at-top
-  task = concept_lm.Task(config, autoencoder_config=autoencoder)
+  from latentlm import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.get_task(config, autoencoder=autoencoder)
   if task.input_kind == 'tokens':
     inputs = jnp.zeros((1, 2, task.chunk_len), jnp.int32)
   else:

@@ -40,6 +40,6 @@ BACKBONE = dict(d_model=1024, num_layers=26, num_heads=16, num_kv_heads=16,
 def get_config(arg=None):
   c = pods.pod_config('1b', arg, fsdp=64, tensor=1)
   c.model.update(BACKBONE)
-  if c.task == 'concept_lm':
+  if 'head' in c:  # a concept LM's
     c.head.hidden_dim = 1024
   return c

@@ -72,6 +72,14 @@ class TransformerConfig:
         raise UserError(f'transformer config is missing {name!r}')
     return cls(**values)
 
+  @classmethod
+  def default_fields(cls) -> dict:
+    """The fields a config may leave to their defaults (rope_base, norm_eps,
+    scan_layers, ...), in field order: configs take them from here, their
+    one source. `causal` is the model's to set, never a config's."""
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING and f.name != 'causal'}
+
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)

@@ -1,19 +1,35 @@
-"""What is trained: each module defines a Task (see token_lm.py for the API)."""
+"""What is trained: each module defines a Task (base.py: the interface).
+
+A new task is its module and one line in TASKS; nothing outside this
+package names a task.
+"""
 
 import importlib
 
 from latentlm import config_lib
 from latentlm.errors import UserError
 
-TASKS = ('token_lm', 'autoencoder', 'concept_lm', 'head_distill')
-# Tasks whose runs are concept LMs: evaluate, generate, BrierLM take them.
-CONCEPT_LM_TASKS = ('concept_lm', 'head_distill')
+# config.task -> the module whose `Task` trains it, imported when first used
+# (a task module may import the train loop, which imports this package).
+TASKS = {'token_lm': 'latentlm.tasks.token_lm',
+         'autoencoder': 'latentlm.tasks.autoencoder',
+         'concept_lm': 'latentlm.tasks.concept_lm',
+         'head_distill': 'latentlm.tasks.head_distill'}
 
 
-def get_task(config):
-  """The Task for `config.task`, imported by name (no registry)."""
+def task_class(config):
+  """The Task class of `config.task`, or a one-line UserError."""
   if config.task not in TASKS:
-    raise UserError(f'config.task={config.task!r} is not one of {TASKS}'
-                    f'{config_lib.suggest(config.task, TASKS)}')
-  module = importlib.import_module(f'latentlm.tasks.{config.task}')
-  return module.Task(config)
+    raise UserError(f'config.task={config.task!r} is not one of '
+                    f'{tuple(TASKS)}{config_lib.suggest(config.task, TASKS)}')
+  return importlib.import_module(TASKS[config.task]).Task
+
+
+def get_task(config, **given):
+  """The Task of `config` on the stages its config names, without their
+  weights (a fresh stage-1 model: shapes for compiles, FLOPs, reports and
+  tests); `given` (name=config) replaces the config of a stage, so that it
+  needs no workdir. Training hands a task its stages' trained weights
+  instead: runs.build_task."""
+  cls = task_class(config)
+  return cls(config, cls.stages_of(config, given))

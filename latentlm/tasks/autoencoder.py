@@ -24,17 +24,21 @@ document's end, yet a round trip of any text ends in one: a fraction
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from latentlm import config_lib
+from latentlm import flops
 from latentlm import train as train_lib
 from latentlm.data import segment
 from latentlm.data import tokenizers
 from latentlm.errors import UserError
 from latentlm.models import concept
+from latentlm.tasks import base
 
 
 def reconstruction_counts(logits_NxKxV, tokens_NxK, pad_id) -> dict:
@@ -91,11 +95,14 @@ def perturb_latent(z_NxZ, rng, noise_std: float, dropout: float):
   return z_NxZ
 
 
-class Task:
+class Task(base.Task):
   """Trains the concept encoder and decoder as a VAE over chunks."""
 
-  def __init__(self, config):
-    self.config = config
+  # generate's text is the prompt's round trip, which replaces the prompt.
+  continues_prompt = False
+
+  def __init__(self, config, stages=None):
+    super().__init__(config, stages)
     self.tokenizer = tokenizers.get_tokenizer(config.data)
     self.pad_id = self.tokenizer.pad_id
     # Ids that stand for text (bytes), the draws of `substitute_tokens`.
@@ -180,6 +187,14 @@ class Task:
     c = self.config
     return c.train.batch_size * c.data.seq_len * c.segment.chunk_len
 
+  @classmethod
+  def train_flops_per_step(cls, config, stages) -> float:
+    """Encoder and decoder on every chunk the rows compute on."""
+    del stages
+    chunks = config.train.batch_size * flops.row_chunks(config,
+                                                        config.data.seq_len)
+    return chunks * flops.autoencoder_flops_per_chunk(config.model)['train']
+
   def finalize(self, trainer, state, make_train_data,
                num_batches: int = 8):
     """Per-dim mean and std of the posterior mean over a few train batches,
@@ -205,3 +220,47 @@ class Task:
                   latent_std=std_Z.astype(np.float32))
     return state.replace(frozen=jax.device_put(
         frozen, trainer.state_shardings.frozen))
+
+  # --- the tools ----------------------------------------------------------
+  def evaluation_metrics(self, run, batches) -> dict:
+    from latentlm import reconstruction  # pylint: disable=g-import-not-at-top
+    return reconstruction.reconstruction_metrics(run, batches)
+
+  def generate_texts(self, run, prompt, num_samples, rng, **sampling):
+    """The prompt's round trip: no sampling options."""
+    del sampling
+    from latentlm import reconstruction  # pylint: disable=g-import-not-at-top
+    return reconstruction.autoencoder_texts(run, prompt, num_samples, rng)
+
+  # --- what a run says about itself ---------------------------------------
+  @classmethod
+  def describe(cls, config) -> str:
+    return (f'{config.task} K={config.segment.chunk_len} '
+            f'segment={config.segment.kind} Dz={config.model.latent_dim}')
+
+  @classmethod
+  def metric_units(cls, config) -> dict[str, base.Unit]:
+    del config
+    return dict(token_acc=base.Unit('% tokens', base.PERCENT),
+                chunk_exact=base.Unit('% chunks', base.PERCENT),
+                ce=base.Unit('nats/chunk'), kl=base.Unit('nats/chunk'),
+                loss=base.Unit('nats/chunk'))
+
+  @classmethod
+  def next_commands(cls, config, workdir_path: str) -> list[str]:
+    """Its round trip and evaluation, then stage 2 on it, on the same text
+    (the data fields this run set apart from the defaults)."""
+    data_flags = [f'--config.data.{key}={value}'
+                  for key, value in config.data.items()
+                  if key not in _STAGE_OWN_DATA_FIELDS
+                  and value != config_lib.base_config().data.get(key)]
+    stage2 = os.path.join(os.path.dirname(workdir_path), 'concept_lm')
+    return super().next_commands(config, workdir_path) + [
+        base.command('python', '-m', 'latentlm.train',
+                     '--config=configs/concept_lm.py',
+                     f'--config.autoencoder_workdir={workdir_path}',
+                     *data_flags, f'--workdir={stage2}')]
+
+
+# Data fields a stage sets for itself: a concept LM's rows are its own.
+_STAGE_OWN_DATA_FIELDS = ('seq_len', 'worker_count')

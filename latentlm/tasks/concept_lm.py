@@ -1,9 +1,11 @@
 """Concept LM task (stage 2): predict the next concept vector with a head.
 
-`config.autoencoder_workdir` names a trained stage-1 run. Its config gives
-the segmentation, K, the latent size and the tokenizer; its encoder, decoder
-and latent statistics become this run's `frozen` params (checkpointed with
-stage 2, never trained). Rows are S + 1 chunks, {'tokens': int32[B, S+1, K]}.
+`config.autoencoder_workdir` names a trained stage-1 run: the task's stage
+'autoencoder'. Its config gives the segmentation, K, the latent size and
+the tokenizer; its encoder, decoder and latent statistics (the weights
+training hands the task: runs.build_task) become this run's `frozen` params
+(checkpointed with stage 2, never trained). Rows are S + 1 chunks,
+{'tokens': int32[B, S+1, K]}.
 
 Position t reads chunk t (`config.model.input`: its tokens, or its
 normalised posterior mean) and the head is trained on `config.head_targets`
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latentlm import runs
+from latentlm import flops
 from latentlm import tasks
 from latentlm import workdir as workdir_lib
 from latentlm.data import tokenizers
@@ -26,6 +28,7 @@ from latentlm.errors import UserError
 from latentlm.models import concept_lm
 from latentlm.models import heads
 from latentlm.models import transformer
+from latentlm.tasks import base
 
 
 def load_autoencoder_config(path: str):
@@ -35,24 +38,31 @@ def load_autoencoder_config(path: str):
       'a trained autoencoder workdir (configs/autoencoder.py)')
 
 
-class Task:
+def replace_boxed(abstract, values):
+  """`abstract` (boxed shapes, from jax.eval_shape) holding `values`: the
+  logical axis names of the one, the numbers of the other."""
+  return jax.tree.map(
+      lambda box, value: box.replace_boxed(jnp.asarray(value))
+      if isinstance(box, nn.Partitioned) else jnp.asarray(value),
+      abstract, values, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+class Task(base.Task):
   """The autoregressor over concepts, on a frozen stage-1 autoencoder.
 
-  `autoencoder_config` stands in for the workdir (benchmarks, tests): the
-  frozen params are then a fresh, untrained autoencoder with unit statistics.
+  `stages['autoencoder']`: the stage-1 run. Without weights (tasks.get_task:
+  benchmarks, compiles, tests) the frozen params are a fresh, untrained
+  autoencoder with unit statistics.
   """
 
-  def __init__(self, config, autoencoder_config=None):
-    self.config = config
-    self.autoencoder_workdir = None
-    if autoencoder_config is None:
-      self.autoencoder_workdir = config.autoencoder_workdir
-      autoencoder_config = load_autoencoder_config(self.autoencoder_workdir)
-    if autoencoder_config.data.tokenizer != config.data.tokenizer:
+  def __init__(self, config, stages):
+    super().__init__(config, stages)
+    autoencoder = self.stages['autoencoder']
+    if autoencoder.config.data.tokenizer != config.data.tokenizer:
       raise UserError(
           f'config.data.tokenizer={config.data.tokenizer!r} differs from the '
-          f'autoencoder\'s {autoencoder_config.data.tokenizer!r}')
-    self.autoencoder = tasks.get_task(autoencoder_config)
+          f'autoencoder\'s {autoencoder.config.data.tokenizer!r}')
+    self.autoencoder = tasks.get_task(autoencoder.config)
     self.tokenizer = tokenizers.get_tokenizer(config.data)
     self.pad_id = self.tokenizer.pad_id
     self.unit_fn = self.autoencoder.unit_fn  # the stage-1 segmentation
@@ -75,32 +85,33 @@ class Task:
         token_logits=config.token_loss_weight > 0)
     self.byte_lengths = np.asarray(self.tokenizer.token_byte_lengths(),
                                    np.float32)
-    self._trained = None if self.autoencoder_workdir is None else (
-        self._load_trained())
+    # The stage-1 params and statistics, as numpy (put on devices in init).
+    self._trained = None if autoencoder.weights is None else dict(
+        autoencoder=autoencoder.weights['params'],
+        **autoencoder.weights['frozen'])
+
+  @classmethod
+  def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
+    """'autoencoder': the run config.autoencoder_workdir names."""
+    given = given or {}
+    if 'autoencoder' in given:
+      return dict(autoencoder=base.Stage(given['autoencoder']))
+    path = config.autoencoder_workdir
+    return dict(autoencoder=base.Stage(load_autoencoder_config(path), path))
 
   # --- frozen stage 1 -----------------------------------------------------
-  def _load_trained(self):
-    """The stage-1 params and statistics, as numpy (loaded outside of jit)."""
-    run = runs.load(self.autoencoder_workdir)
-    return jax.device_get(dict(autoencoder=run.state.params,
-                               **run.state.frozen))
-
   def _init_frozen(self, rng):
     """Boxed like the stage-1 params, so they shard the same way."""
     ae_params, stats = self.autoencoder.init(rng)
     return dict(autoencoder=ae_params, **stats)
 
   def init_frozen(self, rng):
-    """The trained stage-1 model, or a fresh one without a workdir."""
+    """The trained stage-1 model, or a fresh one without its weights."""
     if self._trained is None:
       return self._init_frozen(rng)
-    # Only the structure and axis names: the values come from the workdir.
-    abstract = jax.eval_shape(self._init_frozen, rng)
-    return jax.tree.map(
-        lambda box, value: box.replace_boxed(jnp.asarray(value))
-        if isinstance(box, nn.Partitioned) else jnp.asarray(value),
-        abstract, self._trained,
-        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    # Only the structure and axis names: the values are the trained ones.
+    return replace_boxed(jax.eval_shape(self._init_frozen, rng),
+                         self._trained)
 
   def encode(self, frozen, tokens_BxSxK):
     """Normalised posterior (mean_BxSxZ, std_BxSxZ); no gradient flows."""
@@ -199,3 +210,59 @@ class Task:
   def tokens_per_step(self) -> int:
     """Concept positions trained per step (for throughput and FLOPs)."""
     return self.config.train.batch_size * self.config.data.seq_len
+
+  @classmethod
+  def train_flops_per_step(cls, config, stages) -> float:
+    """Rows of S + 1 chunks: the frozen encoder reads all of them (targets
+    and, for latent input, inputs), and S are trained positions."""
+    autoencoder = stages['autoencoder']
+    B = config.train.batch_size
+    chunks = flops.row_chunks(autoencoder, config.data.seq_len + 1)
+    trained = flops.concept_lm_flops_per_position(config, autoencoder)['train']
+    encoder = flops.encoder_flops_per_chunk(autoencoder.model)['forward']
+    return B * ((chunks - 1) * trained + chunks * encoder)
+
+  @classmethod
+  def upstream_flops(cls, config, stages) -> float:
+    """Stage 1's training."""
+    autoencoder = stages['autoencoder']
+    return flops.all_in_flops(autoencoder, autoencoder.train.num_steps)
+
+  # --- the tools ----------------------------------------------------------
+  def evaluation_metrics(self, run, batches) -> dict:
+    from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
+    return concept_metrics.concept_lm_metrics(run, batches)
+
+  def generate_texts(self, run, prompt, num_samples, rng, **sampling):
+    from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
+    sampling.pop('top_p', None)  # a head has no nucleus to cut
+    return concept_generate.concept_lm_texts(run, prompt, num_samples, rng,
+                                             **sampling)
+
+  def brier_continuations(self, run, contexts, rng, max_new_bytes,
+                          temperature, unit, stats):
+    from latentlm import brier  # pylint: disable=g-import-not-at-top
+    return brier.concept_lm_continuations(run, contexts, rng, max_new_bytes,
+                                          temperature, unit, stats)
+
+  # --- what a run says about itself ---------------------------------------
+  @classmethod
+  def describe_head(cls, config) -> str:
+    return f'head={config.head.name}'
+
+  @classmethod
+  def describe(cls, config) -> str:
+    m = config.model
+    return (f'{config.task} {cls.describe_head(config)} input={m.input} '
+            f'd={m.d_model} L={m.num_layers} seq={config.data.seq_len}')
+
+  @classmethod
+  def metric_units(cls, config) -> dict[str, base.Unit]:
+    head_loss = base.Unit(heads.head_class(config.head.name).loss_unit)
+    units = dict(loss=head_loss)
+    if config.token_loss_weight > 0:
+      units = dict(
+          loss=base.Unit(f'per concept: head_loss + {config.token_loss_weight}'
+                         ' x token_ce'),
+          head_loss=head_loss, token_ce=base.Unit('nats/concept'))
+    return dict(units, latent_l2=base.Unit('l2/concept (normalised latents)'))

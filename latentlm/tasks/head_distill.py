@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from latentlm import runs
+from latentlm import flops
 from latentlm import workdir as workdir_lib
 from latentlm.errors import UserError
 from latentlm.models import heads
+from latentlm.tasks import base
 from latentlm.tasks import concept_lm
 
 
@@ -57,36 +58,57 @@ def _paths(tree):
 
 
 class Task(concept_lm.Task):
-  """A concept LM whose head is trained to match a teacher's samples."""
+  """A concept LM whose head is trained to match a teacher's samples.
 
-  def __init__(self, config):
-    teacher_config = load_teacher_config(config.teacher_workdir)
+  `stages`: 'teacher', the concept LM whose params this run starts from
+  (without weights: fresh ones, for shapes), and 'autoencoder', its stage 1.
+  """
+
+  def __init__(self, config, stages):
     if config.head.name != 'flow':
       raise UserError(f'config.head.name={config.head.name!r}: the student '
                       'is a flow head, like its teacher')
-    if not config.autoencoder_workdir:  # the teacher's stage 1
-      config = config.copy_and_resolve_references()
-      config.autoencoder_workdir = teacher_config.autoencoder_workdir
-    super().__init__(config)
+    super().__init__(config, stages)
     self.distill = config.distill
     if not 0 <= self.distill.temperature_min <= self.distill.temperature_max:
       raise UserError(
           'config.distill needs 0 <= temperature_min <= temperature_max, got '
           f'{self.distill.temperature_min} and {self.distill.temperature_max}')
-    self.teacher_head = heads.make_head(teacher_config.head, self.latent_dim)
-    teacher = runs.load(config.teacher_workdir)
-    self._teacher_params = jax.device_get(teacher.state.params)
-    self._check_same_architecture(teacher_config)
+    teacher = self.stages['teacher']
+    self.teacher_head = heads.make_head(teacher.config.head, self.latent_dim)
+    self._teacher_params = None
+    if teacher.weights is not None:
+      self._teacher_params = teacher.weights['params']
+      self._check_same_architecture(teacher)
 
-  def _check_same_architecture(self, teacher_config):
+  @classmethod
+  def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
+    """'teacher': the run config.teacher_workdir names; 'autoencoder': the
+    run config.autoencoder_workdir names, by default the teacher's."""
+    given = given or {}
+    if 'teacher' in given:
+      teacher = base.Stage(given['teacher'])
+    else:
+      teacher = base.Stage(load_teacher_config(config.teacher_workdir),
+                           config.teacher_workdir)
+    if 'autoencoder' in given:
+      return dict(teacher=teacher,
+                  autoencoder=base.Stage(given['autoencoder']))
+    path = config.autoencoder_workdir or teacher.config.autoencoder_workdir
+    return dict(teacher=teacher, autoencoder=base.Stage(
+        concept_lm.load_autoencoder_config(path), path))
+
+  def _check_same_architecture(self, teacher):
     """The student must be the teacher's network: it starts from its
     weights, and only the sampling settings of config.head may differ."""
-    student = _paths(nn.meta.unbox(
+    teacher_config = teacher.config
+    student_shapes = _paths(nn.meta.unbox(
         jax.eval_shape(super().init, jax.random.key(0))[0]))
-    teacher = _paths(self._teacher_params)
-    if student == teacher:
+    teacher_shapes = _paths(self._teacher_params)
+    if student_shapes == teacher_shapes:
       return
-    differing = sorted(set(student.items()) ^ set(teacher.items()))[0][0]
+    differing = sorted(set(student_shapes.items()) ^
+                       set(teacher_shapes.items()))[0][0]
     # The fields that build the network, as the teacher's config has them.
     fixes = [f'--config.{key}={teacher_config.get(key)}'
              for key in _NETWORK_FIELDS
@@ -96,7 +118,7 @@ class Task(concept_lm.Task):
               for key, value in teacher_config[section].items()
               if key not in SAMPLING_FIELDS
               and self.config[section].get(key) != value]
-    teacher_json = workdir_lib.Workdir(self.config.teacher_workdir).config_path
+    teacher_json = workdir_lib.Workdir(teacher.path).config_path
     raise UserError(
         f'the student must be the teacher\'s network ({differing} differs); '
         f'set {" ".join(fixes) or "config.model and config.head"} as in '
@@ -105,13 +127,45 @@ class Task(concept_lm.Task):
   def init(self, rng):
     """The teacher's params (the student head starts as the teacher's);
     frozen: stage 1 and the teacher's head."""
-    fresh, frozen = super().init(rng)
-    params = jax.tree.map(
-        lambda box, value: box.replace_boxed(jnp.asarray(value))
-        if isinstance(box, nn.Partitioned) else jnp.asarray(value),
-        fresh, self._teacher_params,
-        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    params, frozen = super().init(rng)
+    if self._teacher_params is not None:
+      params = concept_lm.replace_boxed(params, self._teacher_params)
     return params, dict(frozen, teacher_head=params['head'])
+
+  @classmethod
+  def train_flops_per_step(cls, config, stages) -> float:
+    """The teacher's samples are the targets: the encoder reads only inputs,
+    and only for latent input."""
+    autoencoder = stages['autoencoder']
+    B = config.train.batch_size
+    chunks = flops.row_chunks(autoencoder, config.data.seq_len + 1)
+    per_position = flops.head_distill_flops_per_position(
+        config, stages['teacher'].head, autoencoder)
+    if flops.input_is_encoded(config):
+      per_position += flops.encoder_flops_per_chunk(
+          autoencoder.model)['forward']
+    return B * (chunks - 1) * per_position
+
+  @classmethod
+  def upstream_flops(cls, config, stages) -> float:
+    """The teacher's training, its stage 1 included."""
+    teacher = stages['teacher']
+    return flops.all_in_flops(teacher, teacher.train.num_steps,
+                              stages['autoencoder'])
+
+  @classmethod
+  def describe_head(cls, config) -> str:
+    return f'head={config.head.name} steps={config.head.num_steps}'
+
+  @classmethod
+  def metric_units(cls, config) -> dict[str, base.Unit]:
+    del config
+    return dict(
+        loss=base.Unit('per concept: distill.latent_weight x latent_se + '
+                       'distill.token_weight x token_ce'),
+        latent_se=base.Unit('squared l2/concept (normalised latents)'),
+        token_ce=base.Unit('nats/concept'),
+        chunk_agreement=base.Unit('% concepts', base.PERCENT))
 
   @staticmethod
   def trainable(params):

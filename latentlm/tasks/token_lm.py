@@ -1,11 +1,12 @@
 """Token LM task: next-token cross-entropy; the baseline for concept models.
 
-A Task tells the data pipeline what a unit of a row is (`unit_fn`,
-`unit_shape`, `row_len`, and `row_overlap`: units shared by consecutive rows,
-1 for next-unit prediction so every unit is a target once), initialises
-parameters (`init`), and defines the loss (`loss`, whose metrics include
-`num_bytes`, the weight of a batch in evaluation). Every task has this
-shape; train.py knows nothing else.
+The smallest whole task (tasks/base.py: the interface). It tells the data
+pipeline what a unit of a row is (`unit_fn`, `unit_shape`, `row_len`, and
+`row_overlap`: units shared by consecutive rows, 1 for next-unit prediction
+so every unit is a target once), initialises parameters (`init`), defines
+the loss (`loss`, whose metrics include `num_bytes`, the weight of a batch
+in evaluation) and its FLOPs, and hands the tools its metrics, samples and
+BrierLM continuations.
 """
 
 import math
@@ -14,8 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from latentlm import flops
 from latentlm.data import tokenizers
+from latentlm.errors import UserError
 from latentlm.models import token_lm, transformer
+from latentlm.tasks import base
 
 
 def masked_cross_entropy(logits_BxLxV, targets_BxL, byte_lengths_V, pad_id):
@@ -38,13 +42,13 @@ def masked_cross_entropy(logits_BxLxV, targets_BxL, byte_lengths_V, pad_id):
   return total_nats / num_targets, metrics
 
 
-class Task:
+class Task(base.Task):
   """Next-token prediction over packed rows of seq_len + 1 tokens."""
 
   unit_shape = ()
 
-  def __init__(self, config):
-    self.config = config
+  def __init__(self, config, stages=None):
+    super().__init__(config, stages)
     self.tokenizer = tokenizers.get_tokenizer(config.data)
     self.model_config = transformer.TransformerConfig.from_config(
         config.model, vocab_size=self.tokenizer.vocab_size)
@@ -74,3 +78,47 @@ class Task:
   def tokens_per_step(self) -> int:
     """Model positions trained per step (for throughput and FLOPs)."""
     return self.config.train.batch_size * self.config.data.seq_len
+
+  @classmethod
+  def train_flops_per_step(cls, config, stages) -> float:
+    """The stack and output projection at every position. A tokenizer, like
+    a data pipeline, is not model FLOPs."""
+    del stages
+    tokens = config.train.batch_size * config.data.seq_len
+    return tokens * flops.token_lm_flops_per_token(config.model,
+                                                   config.data.seq_len)['train']
+
+  # --- the tools ----------------------------------------------------------
+  def evaluation_metrics(self, run, batches) -> dict:
+    metrics = run.trainer.evaluate(run.state, batches, max_batches=10**9)
+    if not metrics.get('num_bytes'):
+      raise UserError('the evaluation text has no bytes to score; give a '
+                      'text with content')
+    return dict(bits_per_byte=metrics['bits_per_byte'],
+                token_accuracy=metrics['accuracy'], loss=metrics['loss'],
+                num_bytes=metrics['num_bytes'])
+
+  def generate_texts(self, run, prompt, num_samples, rng, **sampling):
+    from latentlm import generate  # pylint: disable=g-import-not-at-top
+    sampling.pop('num_candidates', None)  # a concept LM's sampling option
+    return generate.token_lm_texts(run, prompt, num_samples, rng, **sampling)
+
+  def brier_continuations(self, run, contexts, rng, max_new_bytes,
+                          temperature, unit, stats):
+    from latentlm import brier  # pylint: disable=g-import-not-at-top
+    return brier.token_lm_continuations(run, contexts, rng, max_new_bytes,
+                                        temperature, unit, stats)
+
+  # --- what a run says about itself ---------------------------------------
+  @classmethod
+  def describe(cls, config) -> str:
+    m = config.model
+    return (f'{config.task} {config.data.tokenizer} d={m.d_model} '
+            f'L={m.num_layers} seq={config.data.seq_len}')
+
+  @classmethod
+  def metric_units(cls, config) -> dict[str, base.Unit]:
+    del config
+    return dict(bits_per_byte=base.Unit('bits/byte'),
+                accuracy=base.Unit('% tokens', base.PERCENT),
+                loss=base.Unit('nats/token'))

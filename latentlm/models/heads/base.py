@@ -1,6 +1,6 @@
 """What the heads share: dense layers with logical axis names, the
-adaLN-conditioned residual MLP trunk, the lifted sampling loop and the
-temperature check."""
+adaLN-conditioned residual MLP trunk, the lifted sampling loop, the
+temperature check, and the Head base class with its hooks."""
 
 import math
 import numbers
@@ -8,6 +8,8 @@ import numbers
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from latentlm.errors import UserError
 
 
 def dense(features, in_axis, out_axis, kernel_init=None, bias_init=None,
@@ -185,13 +187,45 @@ def loop(module, step_fn, x, num_steps):
   return nn.while_loop(lambda mdl, c: c[0] < num_steps, body, module, carry)[1]
 
 
+def trunk_weights(head) -> tuple[int, int]:
+  """(modulations, blocks): the weights of a Trunk's modulations (3 per
+  block, 2 at the end, all reading the condition) and of its blocks' two
+  matmuls, for a head config `head` (hidden_dim, num_layers)."""
+  H, L = head.hidden_dim, head.num_layers
+  return H * H * (3 * L + 2), 2 * H * H * L
+
+
 class Head(nn.Module):
-  """Fields every head has; the default network is a trunk and a Z output."""
+  """Fields every head has; the default network is a trunk and a Z output.
+
+  A head's fields and their defaults are its dataclass fields: the config's
+  `head` holds them (heads.default_head_config). Beside `loss` and `sample`
+  a head class declares `check` (what its fields may be), `loss_weights`
+  (its FLOPs) and `loss_unit` (the run summary's unit of its loss).
+  """
   latent_dim: int
-  hidden_dim: int
-  num_layers: int
+  hidden_dim: int = 256
+  num_layers: int = 3
   trunk_input = 'latent'  # logical name of the trunk's input x dim
   trunk_null_condition = False  # classifier-free guidance's "no condition"
+  loss_unit = 'per concept'  # what one value of `loss` is
+
+  @classmethod
+  def check(cls, fields: dict):
+    """Raises a one-line UserError for field values the head cannot take."""
+    del fields
+
+  @classmethod
+  def loss_weights(cls, head, d_model: int, latent_dim: int,
+                   num_targets: int) -> int:
+    """The weights the loss multiplies at one position (config `head`, h of
+    size d_model, targets num_targets x latent_dim): latentlm.flops counts
+    2 of its FLOPs per weight forward, 6 to train. No default: a head
+    priced as another would skew every equal-FLOPs study."""
+    del head, d_model, latent_dim, num_targets
+    raise UserError(f'latentlm.flops has no count for head {cls.__name__}: '
+                    f'define {cls.__name__}.loss_weights (see '
+                    'latentlm/models/heads/mse.py)')
 
   def setup(self):
     self.trunk = Trunk(self.hidden_dim, self.num_layers, self.trunk_input,
@@ -218,8 +252,26 @@ class GuidedHead(Head):
   The guided sampler runs both conditions in one stream of 2N rows per step:
   one set of ops a step, not two.
   """
+  # Off by default: no null condition, so runs trained before guidance load.
   guidance_scale: float = 1.0
   cond_dropout: float = 0.0
+
+  @classmethod
+  def check(cls, fields: dict):
+    if not 0 <= fields['cond_dropout'] < 1:
+      raise UserError('head.cond_dropout must be in [0, 1)')
+    if fields['guidance_scale'] != 1.0 and fields['cond_dropout'] == 0:
+      raise UserError('head.guidance_scale needs a null condition to guide '
+                      'from: train with head.cond_dropout > 0 (e.g. 0.1)')
+
+  @classmethod
+  def loss_weights(cls, head, d_model, latent_dim, num_targets):
+    """A stream per target, whose condition adds the time (features -> H),
+    so its modulations run per target too."""
+    H, Z = head.hidden_dim, latent_dim
+    modulations, blocks = trunk_weights(head)
+    stream = H * H + modulations + Z * H + blocks + H * Z
+    return d_model * H + num_targets * stream
 
   @property
   def trunk_null_condition(self):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from latentlm.errors import UserError
 from latentlm.models.heads import base
 
 
@@ -23,8 +24,15 @@ class DiffusionHead(base.GuidedHead):
   noise.
   """
   num_steps: int = 1000
-  sample_steps: int = 40
+  sample_steps: int = 40  # LCM samples with 40 DDIM steps and guidance 3
   cond_dropout: float = 0.1
+  loss_unit = 'squared x0 error/latent dim'
+
+  @classmethod
+  def check(cls, fields):
+    if not 1 <= fields['sample_steps'] <= fields['num_steps']:
+      raise UserError('head.sample_steps must be in [1, head.num_steps]')
+    super().check(fields)
 
   def denoise(self, x_NxZ, h_NxD, t_N, drop_N):
     return self.out(self.trunk(h_NxD, x_NxZ, t_N, drop_N))

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from latentlm.errors import UserError
 from latentlm.models.heads import base
 
 
@@ -36,9 +37,24 @@ class EnergyHead(base.Head):
   noise: a heuristic, since nothing trains the generator to map smaller noise
   to a sharper distribution; 0 gives one deterministic vector per h.
   """
-  num_samples: int = 8
+  num_samples: int = 8  # CALM: 8 model samples a position, for the pairs
   noise_dim: int = 64
   trunk_input = None  # noise
+  loss_unit = 'energy score/concept'
+
+  @classmethod
+  def check(cls, fields):
+    if fields['num_samples'] < 2:
+      raise UserError('head.num_samples must be >= 2 for the energy score')
+
+  @classmethod
+  def loss_weights(cls, head, d_model, latent_dim, num_targets):
+    """One condition, num_samples streams from noise."""
+    del num_targets  # the score compares samples and targets without matmuls
+    H = head.hidden_dim
+    modulations, blocks = base.trunk_weights(head)
+    stream = head.noise_dim * H + blocks + H * latent_dim
+    return d_model * H + modulations + head.num_samples * stream
 
   def sample_many(self, h_NxD, rng, num_samples, temperature=1.0):
     """num_samples independent samples per position: N x S x Z."""

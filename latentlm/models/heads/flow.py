@@ -4,6 +4,7 @@ Adams-Bashforth steps."""
 import jax
 import jax.numpy as jnp
 
+from latentlm import config_lib
 from latentlm.models.heads import base
 
 TIME_SAMPLING = ('logit_normal', 'uniform')
@@ -37,9 +38,17 @@ class FlowHead(base.GuidedHead):
   Classifier-free guidance as in the diffusion head: cond_dropout > 0 trains
   a null condition, and guidance_scale mixes the velocities when sampling.
   """
-  num_steps: int = 10
-  time_sampling: str = 'logit_normal'
+  num_steps: int = 10  # when sampling
+  time_sampling: str = 'logit_normal'  # the distribution of training times
   solver: str = 'euler'
+  loss_unit = 'squared velocity error/latent dim'
+
+  @classmethod
+  def check(cls, fields):
+    config_lib.choose('head.time_sampling', fields['time_sampling'],
+                      TIME_SAMPLING)
+    config_lib.choose('head.solver', fields['solver'], SOLVERS)
+    super().check(fields)
 
   def training_times(self, rng, shape):
     if self.time_sampling == 'uniform':

@@ -20,6 +20,17 @@ class GMMHead(base.Head):
   """
   num_components: int = 8
   min_std: float = 1e-3
+  loss_unit = 'nats/concept'
+
+  @classmethod
+  def loss_weights(cls, head, d_model, latent_dim, num_targets):
+    """One stream on the condition, to each component's weight, means and
+    stds."""
+    del num_targets  # the likelihood of each costs no matmul
+    modulations, blocks = base.trunk_weights(head)
+    outputs = head.num_components * (1 + 2 * latent_dim)
+    return d_model * head.hidden_dim + modulations + blocks + (
+        head.hidden_dim * outputs)
 
   def setup(self):
     k, z = self.num_components, self.latent_dim

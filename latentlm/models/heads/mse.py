@@ -11,6 +11,15 @@ class MSEHead(base.Head):
   The loss is the squared error averaged over Z and M. `sample` returns the
   prediction: there is no distribution, so rng and temperature are unused.
   """
+  loss_unit = 'squared error/latent dim'
+
+  @classmethod
+  def loss_weights(cls, head, d_model, latent_dim, num_targets):
+    """One stream on the condition, to the latent."""
+    del num_targets  # the mean is scored against all of them at once
+    modulations, blocks = base.trunk_weights(head)
+    return (d_model * head.hidden_dim + modulations + blocks +
+            head.hidden_dim * latent_dim)
 
   def predict(self, h_NxD):
     return self.out(self.trunk(h_NxD))
