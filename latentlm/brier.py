@@ -80,7 +80,7 @@ UNITS = ('bytes', 'words')
 DEFAULT_BLOCK_BYTES = 64
 # Enough that Brier-1's 95% interval is narrow enough to rank CPU-scale
 # models (the target half-width is in docs/results/brier_protocol.md).
-DEFAULT_NUM_POSITIONS = 4096
+DEFAULT_NUM_POSITIONS = 8192
 DEFAULT_MAX_NEW_BYTES = 64
 MAX_SAMPLER_ROWS = 512  # rows of one batched sampling stream
 _WORD = re.compile(rb'\s*\S+')
