@@ -15,7 +15,7 @@ noise on z) and its cost: docs/results/autoencoder.md. The recipe:
 latentlm/tasks/autoencoder.py.
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 from latentlm.models import concept
 
 

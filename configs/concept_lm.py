@@ -14,9 +14,11 @@ sizes of configs/token_lm.py, so the token baseline of the same size compares
 directly).
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 from latentlm.models import concept_lm
 from latentlm.models import heads
+
+from configs import token_lm as token_lm_config
 
 # Encoder posterior samples per position the head is scored on. Cheap for
 # the energy score, mse and gmm; flow and diffusion run their MLP per target.
@@ -30,8 +32,7 @@ def get_config(arg=None):
   c.autoencoder_workdir = ''  # a trained stage-1 workdir (required)
   c.data.seq_len = 64  # concept positions per row (256 bytes at K=4)
   # The token LM baseline's backbone of the same size (configs/token_lm.py).
-  c.model = config_lib.config_beside(__file__, 'token_lm',
-                                     f'size={args.size}').model
+  c.model = token_lm_config.get_config(f'size={args.size}').model
   c.model.max_len = c.data.seq_len
   c.model.input = config_lib.choose('input', args.input, concept_lm.INPUTS)
   c.head = heads.default_head_config(args.head)

@@ -26,7 +26,10 @@ Args: head (energy), fsdp (128), tensor (1), baseline (false; true gives
 the token LM with this backbone over the same 4 KiB rows: its baseline).
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
+
+from configs import concept_lm as concept_lm_config
+from configs import token_lm as token_lm_config
 
 BACKBONES = {
     '1b': dict(d_model=2048, num_layers=16, num_heads=16, mlp_dim=8192),
@@ -41,11 +44,10 @@ def pod_config(backbone: str, arg, fsdp: int, tensor: int):
   args = config_lib.parse_args(arg, head='energy', fsdp=fsdp, tensor=tensor,
                                baseline=False)
   if args.baseline:
-    c = config_lib.config_beside(__file__, 'token_lm', 'size=nano')
+    c = token_lm_config.get_config('size=nano')
     c.data.seq_len = CONCEPTS_PER_ROW * CHUNK_LEN  # the same text per row
   else:
-    c = config_lib.config_beside(__file__, 'concept_lm',
-                                 f'head={args.head},size=nano')
+    c = concept_lm_config.get_config(f'head={args.head},size=nano')
     c.data.seq_len = CONCEPTS_PER_ROW
     c.head.hidden_dim = 1024
     # No softmax over the vocabulary: its input embedding (and the stage-1

@@ -14,9 +14,8 @@ Per-chip figures: docs/results/pods.md. Args: those of
 configs/concept_lm_1b.py, with fsdp 64 and tensor 4.
 """
 
-from latentlm import config_lib
+from configs import concept_lm_1b as pods
 
 
 def get_config(arg=None):
-  pods = config_lib.module_beside(__file__, 'concept_lm_1b')
   return pods.pod_config('7b', arg, fsdp=64, tensor=4)

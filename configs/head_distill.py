@@ -17,7 +17,9 @@ configs/shakespeare.py runs this as its third stage, from its own stage 2's
 config.
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
+
+from configs import concept_lm as concept_lm_config
 
 
 def student_config(teacher):
@@ -46,6 +48,6 @@ def student_config(teacher):
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, input='tokens', size='tiny')
-  teacher = config_lib.config_beside(
-      __file__, 'concept_lm', f'head=flow,input={args.input},size={args.size}')
+  teacher = concept_lm_config.get_config(
+      f'head=flow,input={args.input},size={args.size}')
   return student_config(teacher)

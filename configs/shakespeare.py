@@ -21,8 +21,12 @@ configs/concept_lm.py), K (2 bytes per concept) and Dz (32) of the
 autoencoder (configs/autoencoder.py), distill (True: the third stage).
 """
 
-from latentlm import config_lib
 from latentlm import sampling
+from latentlm.core import config_lib
+
+from configs import autoencoder as autoencoder_config
+from configs import concept_lm as concept_lm_config
+from configs import head_distill as head_distill_config
 
 # The head's sampling temperature (see c.samples.temperature below).
 TEMPERATURE = 0.2
@@ -38,14 +42,13 @@ def get_config(arg=None):
   # Two bytes per concept: a head sample that falls between the chunks it
   # could be decodes to a misspelling, and two bytes leave the head fewer
   # chunks to fall between than CALM's four (docs/results/main_job.md).
-  c.stages.autoencoder = config_lib.config_beside(__file__, 'autoencoder',
-                                                 f'K={args.K},Dz={args.Dz}')
+  c.stages.autoencoder = autoencoder_config.get_config(
+      f'K={args.K},Dz={args.Dz}')
   # Stage 1 is near perfect well before its default 400 steps: the time goes
   # to stage 2, whose samples it buys (docs/results/main_job.md).
   c.stages.autoencoder.train.update(num_steps=250, eval_every=250,
                                     checkpoint_every=250)
-  lm = config_lib.config_beside(
-      __file__, 'concept_lm',
+  lm = concept_lm_config.get_config(
       f'head={args.head},input={args.input},size={args.size}')
   # The flow head and Dz=32 were chosen on this budget (2 CPU cores, a few
   # minutes for stage 2) by the fraction of sampled words found in the plays
@@ -74,15 +77,14 @@ def get_config(arg=None):
     # head's network once instead of six times, for a little spelling
     # (docs/results/generation_speed.md, main_job.md). distill=False samples
     # from stage 2's head.
-    distill = config_lib.module_beside(__file__, 'head_distill')
-    c.stages.head_distill = distill.student_config(lm)
+    c.stages.head_distill = head_distill_config.student_config(lm)
     c.stages.head_distill.distill.update(temperature_min=TEMPERATURE,
                                          temperature_max=TEMPERATURE)
 
   c.samples = config_lib.ConfigDict()
   c.samples.prompt = ''
   c.samples.num_samples = 3
-  # The head's own temperature (num_candidates=1; latentlm/concept_generate.py
+  # The head's own temperature (num_candidates=1; latentlm/sampling/concepts.py
   # says what it means for each head). Lower sharpens a flow head's samples
   # and is paid for in repeats; 0 falls into loops (docs/results/main_job.md).
   c.samples.temperature = TEMPERATURE

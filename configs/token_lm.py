@@ -12,7 +12,7 @@ params, the MFU benchmark size: docs/results/throughput.md), and base
 (~85M, for accelerators).
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 from latentlm.models import transformer
 
 SIZES = {

@@ -8,7 +8,7 @@ libtpu describes the pod's chips (`jax.experimental.topologies`); the
 config's mesh and sharding rules lay the train state and batch over them, and
 XLA compiles the step for that pod. Prints the memory per chip (arguments,
 outputs, temporaries, total against the chip's HBM), FLOPs per step against
-`latentlm.flops`, and the step time at the chips' peak; the last stdout line
+`latentlm.tasks.flops`, and the step time at the chips' peak; the last stdout line
 is one JSON object. A config that does not fit fails here, not on the pod.
 
 With several slices, the devices are slice-major and only the mesh's data
@@ -25,14 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latentlm import cli
-from latentlm import config_lib
-from latentlm import flops
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
-from latentlm.errors import UserError
+from latentlm.core import cli
+from latentlm.core import config_lib
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
 from latentlm.models import transformer
+from latentlm.tasks import flops
+from latentlm.training import trainer as trainer_lib
 
 GIB = 2 ** 30
 # HBM per chip, from Google's Cloud TPU pages.
@@ -122,8 +122,8 @@ def compile_train_step(config, task, devices):
   """(compiled step, trainer) of `config` over `devices`, from shapes only."""
   mesh = sharding.make_mesh(config.mesh, devices)
   check_slices(mesh)
-  train.per_process_batch_size(config, mesh)  # divisibility, in one line
-  trainer = train.Trainer(config, task, mesh)
+  trainer_lib.per_process_batch_size(config, mesh)  # divisibility, in one line
+  trainer = trainer_lib.Trainer(config, task, mesh)
   shape = (config.train.batch_size, task.row_len, *task.unit_shape)
   batch = {'tokens': jax.ShapeDtypeStruct(
       shape, jnp.int32, sharding=sharding.batch_sharding(mesh, len(shape)))}
@@ -178,7 +178,7 @@ def analyse(config, topology: str, num_slices: int,
             autoencoder_config_spec: str) -> dict:
   """Compiles `config` for the pod; returns the JSON fields."""
   generation, _ = parse_topology(topology)
-  # First: a config that latentlm.flops cannot count fails before compiling.
+  # First: a config that latentlm.tasks.flops cannot count fails before compiling.
   model_flops = model_flops_per_step(config, autoencoder_config_spec)
   devices = topology_devices(topology, num_slices)
   make_task_fn = lambda c: make_task(c, autoencoder_config_spec)

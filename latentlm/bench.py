@@ -10,7 +10,7 @@ reach (`headless_ratio`); it prints one JSON object.
 
 Measures (a) the peak: a jitted float32 matmul on CPU, the chip table on TPU;
 (b) the real train step of the config on the default devices: median step
-time, tokens/s, model FLOPs (latentlm.flops) and MFU; (c) the data pipeline:
+time, tokens/s, model FLOPs (latentlm.tasks.flops) and MFU; (c) the data pipeline:
 batches/s of the real train iterator, against what the step consumes. Prints
 a short table, then, as the last stdout line, one JSON object.
 """
@@ -26,20 +26,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latentlm import cli
-from latentlm import concept_generate
-from latentlm import config_lib
-from latentlm import flops
-from latentlm import generate
 from latentlm import sampling
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
+from latentlm.core import cli
+from latentlm.core import config_lib
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
 from latentlm.data import corpus
-from latentlm.errors import UserError
 from latentlm.models import transformer
+from latentlm.sampling import concepts as concept_sampling
+from latentlm.sampling import tokens as token_sampling
 from latentlm.tasks import concept_lm
+from latentlm.tasks import flops
 from latentlm.tasks import pipeline
+from latentlm.training import trainer as trainer_lib
 
 WARMUP_STEPS = 2
 MATMUL_SIZES = (1024, 2048)  # the best rate counts; larger adds little on CPU
@@ -63,7 +63,7 @@ def xla_flops_per_step(config, mesh, batch) -> float:
   unrolled = config.copy_and_resolve_references()
   if 'scan_layers' in unrolled.model:  # the autoencoder has no layer scan
     unrolled.model.scan_layers = False
-  trainer = train.Trainer(unrolled, tasks.get_task(unrolled), mesh)
+  trainer = trainer_lib.Trainer(unrolled, tasks.get_task(unrolled), mesh)
   lowered = trainer.lower_train_step(trainer.abstract_state, batch)
   return float(lowered.cost_analysis()['flops'])
 
@@ -111,7 +111,7 @@ def bench_train(config, num_steps: int, data_batches: int) -> dict:
   task = tasks.get_task(config)
   mesh = sharding.make_mesh(config.mesh)
   devices = list(mesh.devices.flat)
-  batch_size = train.per_process_batch_size(config, mesh)
+  batch_size = trainer_lib.per_process_batch_size(config, mesh)
   tokens_per_step = task.tokens_per_step()
 
   # (a) peak: the chip table, or on CPU the best matmul, which already uses
@@ -125,9 +125,10 @@ def bench_train(config, num_steps: int, data_batches: int) -> dict:
 
   # (b) the train step, on one real batch kept on the devices. On CPU the
   # matmul runs between steps, so that other work on the host slows both.
-  data = train.make_data(config, task, 'train', batch_size, seed=config.seed)
-  batch = train.global_batch(next(data), mesh)
-  trainer = train.Trainer(config, task, mesh)
+  data = trainer_lib.make_data(config, task, 'train', batch_size,
+                               seed=config.seed)
+  batch = sharding.global_batch(next(data), mesh)
+  trainer = trainer_lib.Trainer(config, task, mesh)
   compile_s, step_times, matmul_times = time_train_steps(
       trainer, batch, num_steps, between=matmul)
   step_time_s = float(np.median(step_times))
@@ -259,7 +260,7 @@ def headless_sampler(task, params, frozen):
   """A ConceptSampler whose head is free: z is h's mean, broadcast to Z dims
   (so the whole backbone still runs). Its speed is the most any head can
   reach on this backbone and decoder."""
-  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  sampler = concept_sampling.ConceptSampler(task, params, frozen)
   forward = sampler.feed_fn
 
   def step(weights, chunks_BxK, cache, rng, i, temperature):
@@ -329,9 +330,9 @@ def bench_generate(config, config_dir: str) -> dict:
   params, frozen = nn.meta.unbox(jax.jit(task.init)(rng))
   token_params, _ = nn.meta.unbox(jax.jit(token_task.init)(rng))
 
-  concept_sampler = concept_generate.ConceptSampler(task, params, frozen)
-  context_LxK, _ = concept_generate.prompt_chunks(task, '')
-  token_sampler = generate.TokenSampler(token_task, token_params)
+  concept_sampler = concept_sampling.ConceptSampler(task, params, frozen)
+  context_LxK, _ = concept_sampling.prompt_chunks(task, '')
+  token_sampler = token_sampling.TokenSampler(token_task, token_params)
   prompt_1x1 = np.full((1, 1), token_task.tokenizer.eos_id, np.int32)
   headless = headless_sampler(task, params, frozen)
   num_steps = GENERATE_STEPS or GENERATE_WINDOWS * max(concept_sampler.window,

@@ -3,7 +3,7 @@
 Scores the held-out split of the run's corpus (or a text file) with the
 metrics of its task; the last stdout line is one JSON object of flat names,
 also appended to DIR/evaluations.jsonl for latentlm.report.
---metric=brier scores a token or concept LM with BrierLM (latentlm/brier.py);
+--metric=brier scores a token or concept LM with BrierLM (latentlm/metrics/brier.py);
 --metric=default --metric=brier does both from one loaded run, one line and
 one record each; --step=N evaluates an earlier kept checkpoint.
 """
@@ -15,13 +15,13 @@ import os
 from absl import flags
 import jax
 
-from latentlm import brier
-from latentlm import checkpoint
-from latentlm import cli
-from latentlm import runs
-from latentlm import train
-from latentlm import workdir as workdir_lib
+from latentlm.core import cli
+from latentlm.core import workdir as workdir_lib
 from latentlm.data import corpus
+from latentlm.metrics import brier
+from latentlm.training import checkpoint
+from latentlm.training import runs
+from latentlm.training import trainer as trainer_lib
 
 EVALUATIONS = 'evaluations.jsonl'
 
@@ -32,7 +32,7 @@ def eval_batches(run, split: str | None, text_path: str | None,
   source = None
   if text_path is not None:
     source = [{'text': corpus.read_text_to_score(text_path)}]
-  return train.make_data(run.config, run.task, split, batch_size,
+  return trainer_lib.make_data(run.config, run.task, split, batch_size,
                          seed=run.config.seed, shuffle=False, num_epochs=1,
                          source=source)
 
@@ -108,7 +108,7 @@ def define_flags():
                        'BrierLM: longest continuation sampled per position.')
   flags.DEFINE_integer('seed', 0, 'BrierLM positions and samples.')
   flags.DEFINE_enum('ngram_unit', 'bytes', ['bytes', 'words'], 'BrierLM '
-                    'n-grams of bytes or of words (see latentlm/brier.py).')
+                    'n-grams of bytes or of words (see latentlm/metrics/brier.py).')
 
 
 def main(argv):

@@ -51,9 +51,9 @@ import time
 from absl import flags
 import numpy as np
 
-from latentlm import cli
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import cli
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 
 # brier (the training stack, JAX) and corpus (TFDS) are imported by the
 # command's functions only: the model needs numpy alone, and its users and
@@ -281,7 +281,7 @@ def continuations(model: ByteNgram, max_new_bytes: int,
   2p and 2p + 1), never ended (the model has no EOS). Like the project's LM
   samplers, it stops once every row holds the MAX_NGRAM units BrierLM
   compares (what follows them is never read), or after max_new_bytes."""
-  from latentlm import brier  # pylint: disable=g-import-not-at-top
+  from latentlm.metrics import brier  # pylint: disable=g-import-not-at-top
   def complete(texts) -> bool:
     return all(brier.leading_ngram(t, brier.MAX_NGRAM, False, unit)
                is not None for t in texts)
@@ -306,7 +306,7 @@ def _rows(columns, num_rows: int = 0) -> list[bytes]:
 # --------------------------------------------------------------- the command
 def brier_defaults() -> dict:
   """brier.py's protocol defaults, the same as latentlm.evaluate's."""
-  from latentlm import brier  # pylint: disable=g-import-not-at-top
+  from latentlm.metrics import brier  # pylint: disable=g-import-not-at-top
   return dict(block_bytes=brier.DEFAULT_BLOCK_BYTES,
               num_positions=brier.DEFAULT_NUM_POSITIONS,
               max_new_bytes=brier.DEFAULT_MAX_NEW_BYTES)
@@ -372,7 +372,7 @@ def evaluate_order(train_documents, eval_documents, order: int, data: str,
                    brier_kwargs: dict) -> tuple[ByteNgram, dict, dict]:
   """Fits one order; its 'default' and 'brier' records and timings."""
   import jax  # pylint: disable=g-import-not-at-top
-  from latentlm import brier  # pylint: disable=g-import-not-at-top
+  from latentlm.metrics import brier  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   model = fit(train_documents, order)
   fit_s = time.perf_counter() - start
@@ -418,7 +418,7 @@ def define_flags():
                        "continuation (default: brier.py's).")
   flags.DEFINE_integer('seed', 0, 'BrierLM positions and samples.')
   flags.DEFINE_enum('ngram_unit', 'bytes', ['bytes', 'words'], 'BrierLM '
-                    'n-grams of bytes or of words (see latentlm/brier.py).')
+                    'n-grams of bytes or of words (see latentlm/metrics/brier.py).')
 
 
 def _print_table(rows):

@@ -40,17 +40,17 @@ from absl import flags
 import jax
 import ml_collections
 
-from latentlm import cli
-from latentlm import flops
-from latentlm import intervals
 from latentlm import tasks
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import cli
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
+from latentlm.metrics import intervals
+from latentlm.tasks import flops
 
 _NOISE = re.compile(r'^token_acc_noise_([0-9.]+)$')
 EVALUATIONS = 'evaluations.jsonl'
 REFERENCE = 'reference.json'  # marks an n-gram reference directory
-# What the paired differences compare (latentlm.intervals' names).
+# What the paired differences compare (latentlm.metrics.intervals' names).
 BRIER_METRICS = ('brier_1', 'brier_2', 'brier_3', 'brier_4', 'brier_lm')
 # Every Brier-n beside BrierLM: small models score Brier-3/4 near zero, and
 # then BrierLM (their geometric mean with Brier-1/2) is zero for every run.
@@ -250,7 +250,7 @@ def _verdict(diff: float, resolved: bool) -> str:
 
 def paired_row(run, base: dict | None, base_name: str) -> dict:
   """`run` minus the baseline's BrierLM evaluation `base` over the same
-  positions (resampled together, see latentlm.intervals), at the run's
+  positions (resampled together, see latentlm.metrics.intervals), at the run's
   latest evaluation on them; `comparable` False and a `reason` where the
   run was scored on other positions or kept no terms: never compared then."""
   record = _brier_record(run, base['positions_key']) if base else None

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tests compile far more than they run, and LLVM's -O0 compiles a tiny step

@@ -17,7 +17,7 @@ import pytest
 import helpers
 from latentlm import aot
 from latentlm import tasks
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU,

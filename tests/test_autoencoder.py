@@ -11,12 +11,12 @@ import pytest
 
 import helpers
 import test_flops as flops_test
-from latentlm import flops
-from latentlm import reconstruction
-from latentlm import runs
 from latentlm import tasks
 from latentlm.data import segment
+from latentlm.metrics import reconstruction
 from latentlm.tasks import autoencoder
+from latentlm.tasks import flops
+from latentlm.training import runs
 
 K, PAD = 4, 256
 # Starts with a newline so that its chunks repeat exactly in TEXT * n.

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import helpers
-from latentlm import brier
-from latentlm import intervals
-from latentlm import train
+from latentlm.metrics import brier
+from latentlm.metrics import intervals
+from latentlm.training import loop as train_loop
 
 # A source of i.i.d. words; the "model" samples i.i.d. words from Q != P.
 WORDS = [b'to', b'be', b'or', b'not', b'the']
@@ -133,7 +133,7 @@ def token_lm_workdir(tmp_path_factory):
   with open(f'{data_dir}/play.txt', 'w') as f:
     f.write('To be, or not to be, that is the question: whether tis '
             'nobler in the mind to suffer the slings and arrows.\n' * 30)
-  train.train(config, workdir)
+  train_loop.train(config, workdir)
   return workdir
 
 

@@ -11,12 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from latentlm import brier
-from latentlm import concept_generate
-from latentlm import generate
-from latentlm import intervals
 from latentlm.data import segment
 from latentlm.data import tokenizers
+from latentlm.metrics import brier
+from latentlm.metrics import intervals
+from latentlm.sampling import concepts as concept_sampling
+from latentlm.sampling import tokens as token_sampling
 
 TOKENIZER = tokenizers.ByteTokenizer()
 ALPHABET = b'ab '
@@ -124,7 +124,7 @@ def test_completion_draws_the_conditional_of_the_partial_text():
   sampler = FakeConceptSampler(_concept_run().task)
   partial_K = np.array([ord('a'), TOKENIZER.pad_id])
   context_BxLxK = np.zeros((2, 1, 2), np.int32)
-  chosen_BxRxK, new_ids, fell_back_BxR = concept_generate.complete_partials(
+  chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
       sampler, context_BxLxK, np.stack([partial_K] * 2), 1000,
       jax.random.key(0), 1.0)
   assert not fell_back_BxR.any()
@@ -143,7 +143,7 @@ def test_completion_that_never_matches_falls_back_and_says_so():
   sampler = FakeConceptSampler(_concept_run().task)
   partial_2xK = np.array([[ord('z'), TOKENIZER.pad_id],
                           [ord('b'), TOKENIZER.pad_id]])
-  chosen_BxRxK, new_ids, fell_back_BxR = concept_generate.complete_partials(
+  chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
       sampler, np.zeros((2, 1, 2), np.int32), partial_2xK, 2,
       jax.random.key(1), 1.0, max_draws=64)
   np.testing.assert_array_equal(fell_back_BxR, [[True, True], [False, False]])
@@ -155,7 +155,7 @@ def test_a_full_last_chunk_draws_nothing():
   sampler = FakeConceptSampler(_concept_run().task)
   sampler.next_chunks = None  # it must not be called: a full chunk is whole
   full_1xK = _ids([b'ab'])
-  chosen_BxRxK, new_ids, fell_back_BxR = concept_generate.complete_partials(
+  chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
       sampler, np.zeros((1, 1, 2), np.int32), full_1xK, 2, None, 1.0)
   np.testing.assert_array_equal(chosen_BxRxK[0], [full_1xK[0]] * 2)
   assert new_ids == [[[], []]] and not fell_back_BxR.any()
@@ -211,8 +211,8 @@ def _token_truth() -> np.ndarray:
 @pytest.mark.parametrize('kind', ['token_lm', 'concept_lm'])
 def test_every_interval_covers_the_true_value_at_about_its_rate(kind,
                                                                monkeypatch):
-  monkeypatch.setattr(concept_generate, 'ConceptSampler', FakeConceptSampler)
-  monkeypatch.setattr(generate, 'TokenSampler', FakeTokenSampler)
+  monkeypatch.setattr(concept_sampling, 'ConceptSampler', FakeConceptSampler)
+  monkeypatch.setattr(token_sampling, 'TokenSampler', FakeTokenSampler)
   block_bytes, trials = 9, 40
   if kind == 'token_lm':
     run = types.SimpleNamespace(task=types.SimpleNamespace(

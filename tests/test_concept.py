@@ -10,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from latentlm import config_lib, sharding
+from latentlm.core import config_lib
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
 from latentlm.data import segment
-from latentlm.errors import UserError
 from latentlm.models import concept
 
 PAD, K = 256, 4

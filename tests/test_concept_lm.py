@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 
 import helpers
-from latentlm import checkpoint
-from latentlm import concept_generate
-from latentlm import flops
-from latentlm import runs
-from latentlm import sharding
-from latentlm import step as step_lib
 from latentlm import tasks
-from latentlm import train
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import sharding
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
+from latentlm.sampling import concepts as concept_sampling
+from latentlm.tasks import flops
+from latentlm.training import checkpoint
+from latentlm.training import loop as train_loop
+from latentlm.training import runs
+from latentlm.training import step as step_lib
+from latentlm.training import trainer as trainer_lib
 
 PAD, EOS, K, S = 256, 258, 4, 8
 N = 3  # steps before the checkpoint; the uninterrupted run has 2N
@@ -91,7 +92,7 @@ def untrained_run(config, devices=None):
   """A Run of `config`'s concept LM, initialised, on a fresh autoencoder
   (no stage-1 workdir), on `devices` (default: all)."""
   task = tasks.get_task(config, autoencoder=_autoencoder_config())
-  trainer = train.Trainer(config, task,
+  trainer = trainer_lib.Trainer(config, task,
                           sharding.make_mesh(config.mesh, devices))
   return runs.Run(config=config, task=task, trainer=trainer,
                   state=trainer.init_state(), step=0)
@@ -105,7 +106,7 @@ def _fake_autoencoder_workdir(path, data_dir):
   config = _autoencoder_config(data_dir)
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
   task = tasks.get_task(config)
-  trainer = train.Trainer(config, task,
+  trainer = trainer_lib.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = jax.device_put(_random_like(trainer.abstract_state, seed=1),
                          trainer.state_shardings)
@@ -118,7 +119,7 @@ def write_workdir(path, config, task, state):
   workdir = workdir_lib.Workdir(path)
   workdir.prepare(config)
   ckpt = checkpoint.Checkpointer(workdir.checkpoints, 1, 1)
-  ckpt.save(1, state, train.make_data(config, task, 'train', 8, seed=0),
+  ckpt.save(1, state, trainer_lib.make_data(config, task, 'train', 8, seed=0),
             force=True)
   ckpt.close()
 
@@ -144,9 +145,9 @@ def eight_devices(stage1, tmp_path_factory):
   config = _config(path, data_dir)
   config.mesh.update(dict(data=2, fsdp=4, tensor=1))
   task = runs.build_task(config)  # handed the stage-1 weights
-  trainer = train.Trainer(config, task, sharding.make_mesh(config.mesh))
+  trainer = trainer_lib.Trainer(config, task, sharding.make_mesh(config.mesh))
   ckpt = checkpoint.Checkpointer(str(tmp_path_factory.mktemp('ckpt')), 1, N)
-  data = train.make_data(config, task, 'train', 8, seed=0)
+  data = trainer_lib.make_data(config, task, 'train', 8, seed=0)
   abstract = trainer.abstract_state  # random params: no init to compile
   initial = step_lib.TrainState(
       step=np.zeros((), np.int32), params=_random_like(abstract.params),
@@ -159,7 +160,7 @@ def eight_devices(stage1, tmp_path_factory):
   result = types.SimpleNamespace(
       task=task, trainer=trainer, ckpt=ckpt, ae_state=ae_state,
       initial=initial, final=jax.device_get(state), losses=losses,
-      make_data=lambda: train.make_data(config, task, 'train', 8, seed=0))
+      make_data=lambda: trainer_lib.make_data(config, task, 'train', 8, seed=0))
   yield result
   ckpt.close()
 
@@ -189,7 +190,7 @@ def check_one_device_equals(run):
   """The steps of `run` (an eight_devices fixture) again on one device."""
   config = run.task.config.copy_and_resolve_references()
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
-  trainer = train.Trainer(config, run.task, sharding.make_mesh(
+  trainer = trainer_lib.Trainer(config, run.task, sharding.make_mesh(
       config.mesh, jax.devices()[:1]))
   state = jax.device_put(run.initial, trainer.state_shardings)
   data = run.make_data()
@@ -269,9 +270,9 @@ def test_metrics_log_all_in_flops_from_stage_1_on_and_resume_them(
   config.train.update(num_steps=2, log_every=1, eval_every=2,
                       checkpoint_every=2, eval_batches=1)
   run_dir = str(tmp_path / 'run')
-  train.train(config, run_dir)
+  train_loop.train(config, run_dir)
   config.train.num_steps = 3
-  train.train(config, run_dir)  # resumes at step 2
+  train_loop.train(config, run_dir)  # resumes at step 2
   helpers.check_summary(capsys.readouterr().out, run_dir,
                                 'energy score/concept', 'l2/concept')
 
@@ -298,7 +299,7 @@ def test_metrics_log_all_in_flops_from_stage_1_on_and_resume_them(
 @pytest.mark.parametrize('input_kind', ['tokens', 'latent'])
 def test_kv_cached_generation_equals_full_recompute(input_kind):
   task, params, frozen = _model(input_kind)
-  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  sampler = concept_sampling.ConceptSampler(task, params, frozen)
   context = _random_chunks(np.random.default_rng(3), (2, 1))
   rng = jax.random.key(4)
   steps = list(sampler.stream(context, rng, S - 1, 1.0))
@@ -321,7 +322,7 @@ def test_kv_cached_generation_equals_full_recompute(input_kind):
 
 def test_stream_past_a_full_window_equals_recomputing_what_it_holds():
   task, params, frozen = _model('tokens')
-  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  sampler = concept_sampling.ConceptSampler(task, params, frozen)
   context = _random_chunks(np.random.default_rng(3), (2, 3))
   rng, steps = jax.random.key(4), 2 * S + 3  # two refills
   streamed = list(sampler.stream(context, rng, steps, 1.0))
@@ -350,7 +351,7 @@ def test_stream_is_the_same_with_the_layer_scan_unrolled_or_not():
   assert task.model_config.scan_layers  # the sampler unrolls it on CPU
   context = _random_chunks(np.random.default_rng(3), (2, 3))
   unrolled, scanned = (
-      list(concept_generate.ConceptSampler(
+      list(concept_sampling.ConceptSampler(
           task, params, frozen, unroll_layers=unroll).stream(
               context, jax.random.key(4), S + 2, 1.0))
       for unroll in (True, False))
@@ -365,7 +366,7 @@ def test_stream_dispatches_each_step_before_yielding_the_last():
   # So that the host's work of a step overlaps the device's; a caller that
   # stops early leaves one step unread, not more.
   task, params, frozen = _model('tokens')
-  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  sampler = concept_sampling.ConceptSampler(task, params, frozen)
   dispatched = []
   step_fn = sampler.step_fn
   sampler.step_fn = lambda *args: dispatched.append(args[4]) or step_fn(*args)
@@ -382,7 +383,7 @@ def test_stream_dispatches_each_step_before_yielding_the_last():
 
 def test_next_chunks_of_shared_contexts_equal_a_stream_of_copies():
   task, params, frozen = _model('tokens')
-  sampler = concept_generate.ConceptSampler(task, params, frozen)
+  sampler = concept_sampling.ConceptSampler(task, params, frozen)
   context_BxLxK = _random_chunks(np.random.default_rng(5), (2, 3))
   rng = jax.random.key(6)
   z_BxDxZ, chunks_BxDxK = sampler.next_chunks(context_BxLxK, 4, rng, 1.0)
@@ -398,11 +399,11 @@ def test_next_chunks_of_shared_contexts_equal_a_stream_of_copies():
 
 def test_prompt_chunks_start_a_document_and_keep_the_last_chunk_apart():
   task, _, _ = _model('tokens')
-  context, partial = concept_generate.prompt_chunks(task, 'To be, or')
+  context, partial = concept_sampling.prompt_chunks(task, 'To be, or')
   np.testing.assert_array_equal(context[0], [EOS, PAD, PAD, PAD])
   assert bytes(context[1:].reshape(-1).astype(np.uint8)) == b'To be, o'
   np.testing.assert_array_equal(partial, [ord('r'), PAD, PAD, PAD])
-  context, partial = concept_generate.prompt_chunks(task, '')
+  context, partial = concept_sampling.prompt_chunks(task, '')
   assert context.shape == (1, K) and partial is None
 
 
@@ -411,7 +412,7 @@ def test_generated_texts_stop_at_max_bytes():
   run = types.SimpleNamespace(
       task=task, state=types.SimpleNamespace(params=params, frozen=frozen))
   pieces = []
-  texts = concept_generate.concept_lm_texts(  # no prompt: nothing to prefill
+  texts = concept_sampling.concept_lm_texts(  # no prompt: nothing to prefill
       run, '', 2, jax.random.key(0), max_bytes=12, on_text=pieces.append)
   assert len(texts) == 2
   # A byte decodes to at most one character; the last chunk may overshoot.
@@ -422,7 +423,7 @@ def test_generated_texts_stop_at_max_bytes():
 
 def test_vocabulary_fraction_counts_words_not_punctuation():
   vocabulary = {'to', 'be', "o'er", 'or'}
-  fraction = concept_generate.vocabulary_fraction(
+  fraction = concept_sampling.vocabulary_fraction(
       ["To be, or O'er NOT", 'be!'], vocabulary)
   assert fraction == 5 / 6
 
@@ -436,7 +437,7 @@ CANDIDATES_1x6xK = np.array([[[1] * K, [2] * K, [2] * K, [3] * K, [3] * K,
 def test_frequency_choice_weighs_each_chunk_by_count_to_the_one_over_t(
     temperature):
   keys = jax.random.split(jax.random.key(0), 20_000)
-  index_D = jax.vmap(lambda key: concept_generate.choose_by_frequency(
+  index_D = jax.vmap(lambda key: concept_sampling.choose_by_frequency(
       jnp.asarray(CANDIDATES_1x6xK), key, temperature)[0])(keys)
   chunk_D = CANDIDATES_1x6xK[0, np.asarray(index_D), 0]
   observed = np.bincount(chunk_D, minlength=4)[1:] / len(chunk_D)
@@ -446,7 +447,7 @@ def test_frequency_choice_weighs_each_chunk_by_count_to_the_one_over_t(
 
 def test_frequency_choice_at_zero_temperature_keeps_the_most_frequent():
   for seed in range(20):
-    index = concept_generate.choose_by_frequency(
+    index = concept_sampling.choose_by_frequency(
         jnp.asarray(CANDIDATES_1x6xK), jax.random.key(seed), 0.0)
     assert int(index[0]) in (3, 4, 5)
 
@@ -455,9 +456,9 @@ def test_generation_with_candidates_emits_decoded_candidates():
   task, params, frozen = _model('tokens')
   run = types.SimpleNamespace(
       task=task, state=types.SimpleNamespace(params=params, frozen=frozen))
-  texts = concept_generate.concept_lm_texts(
+  texts = concept_sampling.concept_lm_texts(
       run, '', 2, jax.random.key(0), temperature=0.5, max_bytes=12,
       num_candidates=4)
   assert len(texts) == 2 and any(len(t) >= 12 for t in texts)
   with pytest.raises(UserError, match='num_candidates=0'):
-    concept_generate.ConceptSampler(task, params, frozen, num_candidates=0)
+    concept_sampling.ConceptSampler(task, params, frozen, num_candidates=0)

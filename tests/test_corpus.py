@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from latentlm import config_lib
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.data import corpus
-from latentlm.errors import UserError
 
 
 @pytest.fixture(scope='session')

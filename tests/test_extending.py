@@ -14,12 +14,12 @@ import pytest
 
 import helpers
 import test_concept_lm as concept_lm_test
-from latentlm import flops
-from latentlm import train
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 from latentlm.models import heads
 from latentlm.models.heads import base
+from latentlm.tasks import flops
+from latentlm.training import loop as train_loop
 
 
 class GaussianHead(base.Head):
@@ -77,7 +77,7 @@ def test_a_head_registered_outside_the_package_trains(gaussian_head,
   config.train.update(num_steps=2, log_every=1, eval_every=2,
                       checkpoint_every=2, eval_batches=1)
   workdir = workdir_lib.Workdir(str(tmp_path / 'run'))
-  eval_metrics = train.train(config, workdir.path)
+  eval_metrics = train_loop.train(config, workdir.path)
 
   records = workdir_lib.read_metrics(workdir)
   losses = [r['train/loss'] for r in records if 'train/loss' in r]

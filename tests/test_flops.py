@@ -11,11 +11,11 @@ import pytest
 
 import helpers
 from latentlm import bench
-from latentlm import flops
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
-from latentlm.errors import UserError
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
+from latentlm.tasks import flops
+from latentlm.training import trainer as trainer_lib
 
 
 def _matmul_heavy_config():
@@ -40,7 +40,7 @@ def _matmul_heavy_config():
 def xla_train_flops(config, task, tokens_shape) -> float:
   """XLA's count of `task`'s compiled train step on one device, for a
   batch of int32 tokens of `tokens_shape`."""
-  trainer = train.Trainer(config, task,
+  trainer = trainer_lib.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   batch = {'tokens': jax.ShapeDtypeStruct(tokens_shape, jnp.int32)}
   compiled = trainer.lower_train_step(trainer.abstract_state, batch).compile()
@@ -258,8 +258,8 @@ def test_bench_train_counts_an_autoencoder(tmp_path, monkeypatch):
 
 def test_train_loop_peak_is_the_chip_table_on_tpu_else_a_matmul():
   v5p = types.SimpleNamespace(platform='tpu', device_kind='TPU v5')
-  assert train.peak_flops_per_s([v5p] * 4) == 4 * flops.TPU_PEAK_FLOPS['v5p']
-  assert 1e8 < train.peak_flops_per_s(jax.devices()) < 1e14  # CPU FLOP/s
+  assert trainer_lib.peak_flops_per_s([v5p] * 4) == 4 * flops.TPU_PEAK_FLOPS['v5p']
+  assert 1e8 < trainer_lib.peak_flops_per_s(jax.devices()) < 1e14  # CPU FLOP/s
 
 
 def test_bench_generate_streams_take_turns_and_the_quietest_pass_counts(

@@ -14,15 +14,16 @@ import pytest
 import helpers
 import test_concept_lm as concept_lm_test
 import test_flops as flops_test
-from latentlm import checkpoint
-from latentlm import config_lib
-from latentlm import flops
-from latentlm import runs
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core import sharding
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
+from latentlm.tasks import flops
+from latentlm.training import checkpoint
+from latentlm.training import loop as train_loop
+from latentlm.training import runs
+from latentlm.training import trainer as trainer_lib
 
 S = concept_lm_test.S
 N = 2  # steps before the checkpoint; the uninterrupted run has 2N
@@ -48,7 +49,7 @@ def _teacher_config(autoencoder_workdir, data_dir, **head):
 def _fake_teacher_workdir(path, config):
   """A concept LM workdir holding random params on its stage 1."""
   task = runs.build_task(config)
-  trainer = train.Trainer(config, task,
+  trainer = trainer_lib.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   abstract = trainer.abstract_state
   state = abstract.replace(
@@ -88,9 +89,9 @@ def eight_devices(teacher, tmp_path_factory):
   config = _student_config(teacher.path, teacher.config)
   config.mesh.update(dict(data=2, fsdp=4, tensor=1))
   task = runs.build_task(config)  # the teacher's weights
-  trainer = train.Trainer(config, task, sharding.make_mesh(config.mesh))
+  trainer = trainer_lib.Trainer(config, task, sharding.make_mesh(config.mesh))
   ckpt = checkpoint.Checkpointer(str(tmp_path_factory.mktemp('ckpt')), 1, N)
-  data = train.make_data(config, task, 'train', 8, seed=0)
+  data = trainer_lib.make_data(config, task, 'train', 8, seed=0)
   initial = trainer.init_state()
   initial_host = jax.device_get(initial)
   state, losses = concept_lm_test.train_saving_at(trainer, initial, data, ckpt,
@@ -98,7 +99,7 @@ def eight_devices(teacher, tmp_path_factory):
   yield types.SimpleNamespace(
       task=task, trainer=trainer, ckpt=ckpt,
       initial=initial_host, final=jax.device_get(state), losses=losses,
-      make_data=lambda: train.make_data(config, task, 'train', 8, seed=0))
+      make_data=lambda: trainer_lib.make_data(config, task, 'train', 8, seed=0))
   ckpt.close()
 
 
@@ -208,7 +209,7 @@ def test_train_ends_with_a_summary(teacher, tmp_path, capsys):
                       checkpoint_every=1, eval_batches=1)
   config.mesh.data = -1  # every device
   run_dir = str(tmp_path / 'student')
-  train.train(config, run_dir)
+  train_loop.train(config, run_dir)
   helpers.check_summary(capsys.readouterr().out, run_dir, '% concepts',
                         'nats/concept')
 

@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from latentlm import sharding
-from latentlm.errors import UserError
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
 from latentlm.models import heads
 from latentlm.models.heads import base
 

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
 import helpers
 

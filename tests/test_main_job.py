@@ -6,8 +6,8 @@ import os
 import helpers
 import pytest
 
-from latentlm import runs
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
+from latentlm.training import runs
 
 
 def _stage_flags(stage: str, data_dir: str, num_steps: int) -> list[str]:

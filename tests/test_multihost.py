@@ -22,14 +22,14 @@ import portpicker
 import pytest
 
 import helpers
-from latentlm import checkpoint
-from latentlm import distributed
-from latentlm import runs
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import distributed
+from latentlm.core import sharding
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
+from latentlm.training import checkpoint
+from latentlm.training import runs
+from latentlm.training import trainer as trainer_lib
 
 N = 5  # steps before the interruption; the full run has 2N
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
@@ -153,10 +153,10 @@ def _reference(config):
   task = runs.build_task(config)  # on the stages' trained weights, as train
   mesh = sharding.make_mesh(config.mesh,
                             jax.devices()[:PROCESSES * DEVICES_PER_PROCESS])
-  trainer = train.Trainer(config, task, mesh)
+  trainer = trainer_lib.Trainer(config, task, mesh)
   local_batch = config.train.batch_size // PROCESSES
   make = lambda split, **kw: _global_batches(*[
-      _as_process(i, train.make_data, config, task, split, local_batch,
+      _as_process(i, trainer_lib.make_data, config, task, split, local_batch,
                   seed=config.seed, **kw) for i in range(PROCESSES)])
   train_data = make('train')
   state, losses, evals = trainer.init_state(), [], {}
@@ -231,7 +231,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tmp_path, data_dir,
   config = _small_run(helpers.tiny_token_lm(data_dir))
   config.train.update(num_steps=100000, checkpoint_every=100000,
                       eval_every=100000)
-  next(train.make_data(config, tasks.get_task(config), 'train', 1,
+  next(trainer_lib.make_data(config, tasks.get_task(config), 'train', 1,
                        seed=0))  # builds the data before two processes race
   procs = _start_processes(
       ['-m', 'latentlm.train', '--config=configs/token_lm.py:size=nano',
@@ -260,7 +260,7 @@ def _fake_autoencoder_workdir(path, data_dir):
   config.data.data_dir = data_dir
   config.mesh.update(data=1, fsdp=1, tensor=1)
   task = tasks.get_task(config)
-  trainer = train.Trainer(config, task,
+  trainer = trainer_lib.Trainer(config, task,
                           sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = trainer.init_state()
   state = state.replace(frozen=dict(latent_mean=jnp.full((8,), 0.5),
@@ -268,7 +268,7 @@ def _fake_autoencoder_workdir(path, data_dir):
   workdir = workdir_lib.Workdir(path)
   workdir.prepare(config)
   ckpt = checkpoint.Checkpointer(workdir.checkpoints, 1, 1)
-  ckpt.save(1, state, train.make_data(config, task, 'train', 8, seed=0),
+  ckpt.save(1, state, trainer_lib.make_data(config, task, 'train', 8, seed=0),
             force=True)
   ckpt.close()
 
@@ -322,7 +322,7 @@ def _eval_worker(data_dir):
   """One process of the unequal-shares run: prints the eval metrics."""
   distributed.initialize()
   config, batches = _eval_batches(data_dir)
-  trainer = train.Trainer(config, tasks.get_task(config),
+  trainer = trainer_lib.Trainer(config, tasks.get_task(config),
                           sharding.make_mesh(config.mesh))
   metrics = trainer.evaluate(trainer.init_state(),
                              iter(batches[jax.process_index()]), 10)
@@ -335,8 +335,9 @@ def test_eval_with_unequal_shares_pads_instead_of_hanging(data_dir,
   config, batches = _eval_batches(data_dir)
   pad_id = tasks.get_task(config).tokenizer.pad_id
   padded = _padded_shares(batches, pad_id)
-  trainer = train.Trainer(config, tasks.get_task(config), sharding.make_mesh(
-      config.mesh, jax.devices()[:PROCESSES * DEVICES_PER_PROCESS]))
+  trainer = trainer_lib.Trainer(
+      config, tasks.get_task(config), sharding.make_mesh(
+          config.mesh, jax.devices()[:PROCESSES * DEVICES_PER_PROCESS]))
   expected = trainer.evaluate(trainer.init_state(),
                               _global_batches(*padded), 10)
   assert expected['num_bytes'] == (
@@ -369,7 +370,7 @@ def _concept_batches():
 
 def _concept_metrics_worker():
   """One process of the unequal-shares concept LM evaluation."""
-  from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
+  from latentlm.metrics import concept_lm as concept_metrics  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   run = _concept_run()
   print(json.dumps(concept_metrics.concept_lm_metrics(
@@ -381,7 +382,7 @@ def test_concept_lm_metrics_with_unequal_shares(cache_dir):
   """evaluate's concept LM metrics (and, through the same lockstep, the
   autoencoder's) pad a process that runs out instead of hanging, and equal
   one process reading every batch."""
-  from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
+  from latentlm.metrics import concept_lm as concept_metrics  # pylint: disable=g-import-not-at-top
   run = _concept_run(jax.devices()[:PROCESSES * DEVICES_PER_PROCESS])
   pad_id = run.task.pad_id
   padded = _padded_shares(_concept_batches(), pad_id)

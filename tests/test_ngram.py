@@ -11,8 +11,8 @@ import pytest
 
 import helpers
 from latentlm import ngram
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 
 # Bytes 0 and 255 and a document shorter than the highest order test the
 # packed keys and the document boundaries.

@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from latentlm import config_lib
-from latentlm import flops
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
+from latentlm.tasks import flops
 
 import helpers
 
 PAPER = os.path.join(helpers.REPO, 'configs', 'paper')
-HELPERS = ('budget.py', 'study.py')  # shared code, not configs
+HELPERS = ('__init__.py', 'budget.py', 'study.py')  # shared code, not configs
 # Study config -> (argument, its values).
 STUDIES = {
     'chunk_size': ('K', (1, 2, 4, 8, 16)),

@@ -6,7 +6,7 @@ import chex
 import numpy as np
 import pytest
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 from latentlm.data import corpus
 from latentlm.data import pipeline
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import helpers
-from latentlm import reliability
-from latentlm import runs
-from latentlm.errors import UserError
+from latentlm.core import reliability
+from latentlm.core.errors import UserError
+from latentlm.training import runs
 
 
 @pytest.fixture(scope='module')
@@ -154,7 +154,7 @@ def test_second_trainer_on_a_workdir_is_refused(data_dir, tmp_path):
 def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, '-c', 'import sys, time; '
-       'from latentlm import reliability; '
+       'from latentlm.core import reliability; '
        f'lock = reliability.WorkdirLock({str(tmp_path)!r}); '
        'print("locked", flush=True); '
        'time.sleep(600)'], stdout=subprocess.PIPE, text=True, cwd=helpers.REPO)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import helpers
-from latentlm import flops
-from latentlm import intervals
 from latentlm import report
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
+from latentlm.metrics import intervals
+from latentlm.tasks import flops
 
 
 def _fake_run(path, config, records, evaluations=()):

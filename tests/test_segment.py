@@ -5,9 +5,9 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
+from latentlm.core.errors import UserError
 from latentlm.data import segment
 from latentlm.data.tokenizers import ByteTokenizer
-from latentlm.errors import UserError
 
 PAD, BOS, EOS = (ByteTokenizer.pad_id, ByteTokenizer.bos_id,
                  ByteTokenizer.eos_id)

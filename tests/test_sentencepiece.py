@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from latentlm import config_lib
-from latentlm import train
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.data import corpus
 from latentlm.data import tokenizers
-from latentlm.errors import UserError
+from latentlm.training import loop as train_loop
 
 import helpers
 
@@ -109,7 +109,7 @@ def test_brier_contexts_encode_as_the_documents_own_tokens(tokenizer,
                                                            data_dir):
   """BrierLM's contexts (word end to word end) are piece boundaries at both
   ends, so the BPE model sees the tokens it saw in training there."""
-  from latentlm import brier  # pylint: disable=g-import-not-at-top
+  from latentlm.metrics import brier  # pylint: disable=g-import-not-at-top
   text = corpus.split_texts(_data_config(data_dir, 'spm:1024'), 'test')[0]
   ids = tokenizer.encode(text)
   starts = np.concatenate([[0], np.cumsum(tokenizer.token_byte_lengths()[ids])])
@@ -172,7 +172,7 @@ def test_token_lm_trains_five_steps_on_bpe(tokenizer, data_dir, tmp_path):
                                  eval_batches=1)
   config.data.tokenizer = 'spm:1024'
   config.model.vocab_size = 1024
-  metrics = train.train(config, str(tmp_path / 'run'))
+  metrics = train_loop.train(config, str(tmp_path / 'run'))
   assert np.isfinite(metrics['loss'])
   # Bits per byte of text, not per token: an untrained model over 1024 ids
   # pays about log2(1024) = 10 bits per token of 2.26 bytes.

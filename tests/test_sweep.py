@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
 import helpers
 

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 
 import helpers
-from latentlm import generate
 from latentlm import tasks
+from latentlm.sampling import tokens as token_sampling
 
 WINDOW = 8
 
@@ -18,7 +18,7 @@ def _sampler(**kwargs):
   task = tasks.get_task(config)
   assert task.model_config.scan_layers  # the sampler unrolls it on CPU
   params, _ = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0)))
-  return task, params, generate.TokenSampler(task, params, **kwargs)
+  return task, params, token_sampling.TokenSampler(task, params, **kwargs)
 
 
 def test_stream_equals_sampling_from_the_full_context_across_refills():
@@ -31,8 +31,8 @@ def test_stream_equals_sampling_from_the_full_context_across_refills():
   @jax.jit
   def next_tokens(context_BxL, step_rng):
     logits_BxLxV, _ = task.model.apply({'params': params}, context_BxL)
-    return generate.sample_logits(logits_BxLxV[:, -1], step_rng, temperature,
-                                  top_p)
+    return token_sampling.sample_logits(logits_BxLxV[:, -1], step_rng,
+                                        temperature, top_p)
 
   # What the sampler's window holds: the last half of it after each refill.
   context_BxL = prompt_BxL[:, -(WINDOW // 2):]

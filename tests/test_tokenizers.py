@@ -6,9 +6,9 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from latentlm import config_lib
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.data import tokenizers
-from latentlm.errors import UserError
 
 TOKENIZER = tokenizers.ByteTokenizer()
 

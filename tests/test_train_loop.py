@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import helpers
-from latentlm import runs
+from latentlm.training import runs
 
 N = 6  # steps before the interruption; the full run has 2N
 EIGHT_DEVICES = {'XLA_FLAGS': helpers.xla_flags(8)}

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 import helpers
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import train
+from latentlm.core import sharding
+from latentlm.training import trainer as trainer_lib
 
 NUM_STEPS = 20
 
 
 def _losses(config, devices, batches):
   task = tasks.get_task(config)
-  trainer = train.Trainer(config, task,
+  trainer = trainer_lib.Trainer(config, task,
                           sharding.make_mesh(config.mesh, devices))
   state = trainer.init_state()
   losses = []

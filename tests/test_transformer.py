@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from latentlm import config_lib, sharding
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
 from latentlm.models import transformer
 from latentlm.models.token_lm import TokenLM
 from latentlm.models.transformer import TransformerConfig

@@ -20,10 +20,11 @@ in docs/results/ar_input.md.
 Args: input (tokens), stage (concept_lm | autoencoder), ae_root.
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 from latentlm.models import concept_lm
 
-study = config_lib.module_beside(__file__, 'study')
+from configs.paper import study
+
 
 
 def get_config(arg=None):

@@ -1,9 +1,9 @@
 """Equal training FLOPs (steps from a FLOPs budget) and equal parameters
 (layers from a parameter count) for the paper studies.
 
-Not a config: the configs in this folder load it by path (through study.py)
+Not a config: the configs in this folder import it (through study.py)
 to set `train.num_steps` so that a run's all-in training FLOPs
-(latentlm.flops.all_in_flops: the stages it builds on, then num_steps x the
+(latentlm.tasks.flops.all_in_flops: the stages it builds on, then num_steps x the
 FLOPs of its step) match a stated budget. All in, because a concept LM
 cannot run without its stage 1, and its step runs the frozen encoder and
 the auxiliary token readout: a budget that left them out would hand the
@@ -11,20 +11,14 @@ concept LM compute that its token baseline never gets. Figures per study:
 docs/results/<study>.md.
 """
 
-from latentlm import config_lib
-from latentlm import flops
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
+from latentlm.tasks import flops
 
 # The CPU-scale all-in budget every equal-FLOPs study shares: a token LM
 # spends it all on its steps, a concept LM what its stage 1 leaves on stage
 # 2 (about as much as the studies gave stage 2 alone when stage 1 went
 # uncounted). Small, so that every study fits in 30 minutes on 2 CPU cores.
 CPU_BUDGET_FLOPS = 6e12
-
-
-def config_file(path: str, arg: str = ''):
-  """get_config(arg) of configs/PATH.py (PATH relative to configs/)."""
-  return config_lib.config_beside(__file__, f'../{path}', arg)
 
 
 def steps_for_budget(config, budget_flops: float, autoencoder=None) -> int:
@@ -47,8 +41,8 @@ def set_budget(config, budget_flops: float, autoencoder=None,
   `num_evals` times along the way so the report can plot against FLOPs."""
   steps = steps_for_budget(config, budget_flops, autoencoder)
   config.train.num_steps = steps
-  # Rounded up, so the last evaluation is the final step's (train.py always
-  # evaluates and saves there) and not one more a few steps before it.
+  # Rounded up, so the last evaluation is the final step's (the train loop
+  # always evaluates and saves there) and not one more a few steps before it.
   config.train.eval_every = max(1, -(-steps // num_evals))
   config.train.checkpoint_every = config.train.eval_every
   config.train.log_every = max(1, min(config.train.log_every, steps // 10))

@@ -29,9 +29,9 @@ prints its model FLOPs per step). Args: head (energy), fsdp (64), tensor (1),
 baseline (false; true: the token LM with this backbone on the same rows).
 """
 
-from latentlm import config_lib
 
-pods = config_lib.module_beside(__file__, '../concept_lm_1b')
+from configs import concept_lm_1b as pods
+
 
 BACKBONE = dict(d_model=1024, num_layers=26, num_heads=16, num_kv_heads=16,
                 head_dim=64, mlp_dim=3072)

@@ -23,10 +23,11 @@ Args: K (4), stage (concept_lm | autoencoder), ae_root (the stage-1 sweep's
 root; the run of K is AE_ROOT/K-<K>).
 """
 
-from latentlm import config_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 
-study = config_lib.module_beside(__file__, 'study')
+from configs.paper import study
+
 
 CHUNK_SIZES = (1, 2, 4, 8, 16)
 

@@ -20,9 +20,10 @@ beside the token baseline's, are in docs/results/equal_flops.md.
 Args: head (flow), stage (concept_lm | autoencoder), ae_root.
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
-study = config_lib.module_beside(__file__, 'study')
+from configs.paper import study
+
 
 HEADS = ('mse', 'energy', 'flow', 'diffusion', 'gmm')
 

@@ -29,9 +29,10 @@ Not trained here. Args: fsdp (128), tensor (1), baseline (false; true: the
 token LM with this backbone on rows of the same 16 KiB).
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
-pods = config_lib.module_beside(__file__, '../concept_lm_1b')
+from configs import concept_lm_1b as pods
+
 
 BACKBONE = dict(d_model=2048, num_layers=24, num_heads=16, num_kv_heads=16,
                 head_dim=128, mlp_dim=8192)

@@ -5,7 +5,7 @@ under noise on z, and the BrierLM of the concept LM trained on top?
 robust in {all, none, no_kl, no_dropout, no_mask}: all three on (the
 configs/autoencoder.py recipe), all off, or one of them off. Stage 1 per
 variant, evaluated by latentlm.evaluate (reconstruction at noise sigma in
-latentlm.reconstruction.NOISE_STDS); stage 2 at the same all-in FLOPs on
+latentlm.metrics.reconstruction.NOISE_STDS); stage 2 at the same all-in FLOPs on
 each (its stage 1 included), evaluated with BrierLM. Run the whole study:
 
   python launch/sweep.py --config=configs/paper/robustness.py:stage=autoencoder \\
@@ -26,9 +26,10 @@ flow run and the chunk-size study's K=4 run.
 Args: robust (all), stage (concept_lm | autoencoder), ae_root.
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
-study = config_lib.module_beside(__file__, 'study')
+from configs.paper import study
+
 
 # Variant -> the robustness terms it turns off.
 VARIANTS = {

@@ -29,9 +29,10 @@ in docs/results/segmentation.md.
 Args: segment (fixed), K (16), stage (concept_lm | autoencoder), ae_root.
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
-study = config_lib.module_beside(__file__, 'study')
+from configs.paper import study
+
 
 SEGMENTS = ('fixed', 'words', 'sentences')
 

@@ -14,10 +14,13 @@ named 'base' by launch/sweep.py, and every concept LM shares it.
 
 import os
 
-from latentlm import config_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 
-budget = config_lib.module_beside(__file__, 'budget')
+from configs import autoencoder as autoencoder_config
+from configs import concept_lm as concept_lm_config
+from configs.paper import budget
+
 
 STAGES = ('autoencoder', 'concept_lm')
 # Stage 1 at half the default 400 steps: at K=4 it already reconstructs
@@ -31,7 +34,7 @@ STUDY_ARGS = dict(stage='concept_lm', ae_root='')
 
 def autoencoder(*, K=4, segment='fixed', Dz=32):
   """Stage 1 (configs/autoencoder.py) at the study's shorter schedule."""
-  ae = budget.config_file('autoencoder', f'K={K},segment={segment},Dz={Dz}')
+  ae = autoencoder_config.get_config(f'K={K},segment={segment},Dz={Dz}')
   ae.train.num_steps = AUTOENCODER_STEPS
   ae.train.eval_every = ae.train.checkpoint_every = AUTOENCODER_STEPS
   return ae
@@ -49,7 +52,7 @@ def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
   auxiliary token loss and batch) over `ae`, whose trained workdir is
   `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training
   all in, `ae`'s included."""
-  lm = budget.config_file('concept_lm',
+  lm = concept_lm_config.get_config(
                           f'head={head},input={input},size=tiny')
   lm.token_loss_weight = TOKEN_LOSS_WEIGHT
   lm.train.batch_size = BATCH_SIZE

@@ -36,9 +36,11 @@ not counted: like any tokenizer, it is no model FLOPs.
 Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
 """
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 
-study = config_lib.module_beside(__file__, 'study')
+from configs import token_lm as token_lm_config
+from configs.paper import study
+
 budget = study.budget
 
 TOKENS = ('bytes', 'spm')
@@ -51,7 +53,7 @@ def get_config(arg=None):
   args = config_lib.parse_args(arg, tokens='bytes', match='flops', vocab=1024)
   config_lib.choose('tokens', args.tokens, TOKENS)
   config_lib.choose('match', args.match, MATCHES)
-  c = budget.config_file('token_lm', 'size=tiny')
+  c = token_lm_config.get_config('size=tiny')
   if args.tokens == 'spm':
     c.data.tokenizer = f'spm:{args.vocab}'
     c.model.vocab_size = args.vocab  # for the FLOPs of the output head

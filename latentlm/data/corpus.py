@@ -41,7 +41,7 @@ import threading
 
 import tensorflow_datasets as tfds
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 SPLITS = ('train', 'validation', 'test')
 SHAKESPEARE_HELD_OUT = {

@@ -27,9 +27,9 @@ a corpus the size of the plays costs the pipeline little
 
 import numpy as np
 
-from latentlm import config_lib
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.data.tokenizers import ByteTokenizer
-from latentlm.errors import UserError
 
 KINDS = ('fixed', 'words', 'sentences')
 _WHITESPACE = np.frombuffer(b' \t\n\v\f\r', np.uint8)

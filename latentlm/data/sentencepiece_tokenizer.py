@@ -22,11 +22,11 @@ import re
 
 import numpy as np
 
+from latentlm.core.errors import UserError
+from latentlm.data import byte_tokenizer
 from latentlm.data import corpus
-from latentlm.data import tokenizers
-from latentlm.errors import UserError
 
-NUM_BYTES = tokenizers.NUM_BYTES
+NUM_BYTES = byte_tokenizer.NUM_BYTES
 NUM_SPECIALS = 3  # PAD, BOS, EOS
 # SentencePiece writes a space as this mark; literal ones in text go as bytes.
 _SPACE_MARK = '\u2581'

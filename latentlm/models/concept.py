@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from latentlm import config_lib
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.data.tokenizers import ByteTokenizer
-from latentlm.errors import UserError
 from latentlm.models import transformer
 from latentlm.models.transformer import declare, fan_in_init
 

@@ -2,7 +2,7 @@
 
 One stack serves the token LM, the concept encoder (bidirectional, with a key
 padding mask) and the concept autoregressor (causal, KV-cached decoding).
-Params are float32 and carry logical axis names for latentlm.sharding; compute
+Params are float32 and carry logical axis names for latentlm.core.sharding; compute
 runs in `config.dtype`, attention logits and softmax in float32.
 """
 
@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latentlm import config_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 
 REMAT_POLICIES = {
     'none': None,

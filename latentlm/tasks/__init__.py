@@ -6,11 +6,12 @@ package names a task.
 
 import importlib
 
-from latentlm import config_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 
-# config.task -> the module whose `Task` trains it, imported when first used
-# (a task module may import the train loop, which imports this package).
+# config.task -> the module whose `Task` trains it, imported when first used:
+# a task looks up the class of a stage it builds on (its FLOPs, tasks/flops.py)
+# by name, so this registry names modules rather than importing them.
 TASKS = {'token_lm': 'latentlm.tasks.token_lm',
          'autoencoder': 'latentlm.tasks.autoencoder',
          'concept_lm': 'latentlm.tasks.concept_lm',

@@ -31,26 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latentlm import config_lib
-from latentlm import flops
-from latentlm import train as train_lib
+from latentlm.core import config_lib
+from latentlm.core import sharding
+from latentlm.core.errors import UserError
 from latentlm.data import segment
 from latentlm.data import tokenizers
-from latentlm.errors import UserError
+from latentlm.metrics import reconstruction
 from latentlm.models import concept
 from latentlm.tasks import base
-
-
-def reconstruction_counts(logits_NxKxV, tokens_NxK, pad_id) -> dict:
-  """Sums for token accuracy (real tokens) and exact chunks (real chunks)."""
-  real_NxK = tokens_NxK != pad_id
-  real_N = real_NxK.any(-1)
-  right_NxK = logits_NxKxV.argmax(-1) == tokens_NxK
-  return dict(
-      tokens_right=(right_NxK & real_NxK).sum(),
-      num_tokens=real_NxK.sum(),
-      chunks_exact=(right_NxK.all(-1) & real_N).sum(),
-      num_chunks=real_N.sum())
+from latentlm.tasks import flops
 
 
 def kl_with_free_bits(mean_NxZ, logstd_NxZ, weights_N, free_bits: float):
@@ -173,7 +162,8 @@ class Task(base.Task):
     ce = ce_N @ real_N / num_chunks
     kl_clamped, kl = kl_with_free_bits(mean_NxZ, logstd_NxZ, real_N,
                                        ae.free_bits)
-    counts = reconstruction_counts(logits_NxKxV, tokens_NxK, self.pad_id)
+    counts = reconstruction.reconstruction_counts(logits_NxKxV, tokens_NxK,
+                                                  self.pad_id)
     metrics = dict(
         ce=ce, kl=kl,
         token_acc=counts['tokens_right'] / jnp.maximum(counts['num_tokens'], 1),
@@ -210,7 +200,7 @@ class Task(base.Task):
     data = make_train_data()
     with trainer.context():
       for _ in range(num_batches):
-        batch = train_lib.global_batch(next(data), trainer.mesh)
+        batch = sharding.global_batch(next(data), trainer.mesh)
         sums = [s + np.asarray(x, np.float64) for s, x in zip(
             sums, jax.device_get(moments(state.params, batch['tokens'])))]
     count, total_Z, total_sq_Z = sums
@@ -223,13 +213,11 @@ class Task(base.Task):
 
   # --- the tools ----------------------------------------------------------
   def evaluation_metrics(self, run, batches) -> dict:
-    from latentlm import reconstruction  # pylint: disable=g-import-not-at-top
     return reconstruction.reconstruction_metrics(run, batches)
 
   def generate_texts(self, run, prompt, num_samples, rng, **sampling):
     """The prompt's round trip: no sampling options."""
     del sampling
-    from latentlm import reconstruction  # pylint: disable=g-import-not-at-top
     return reconstruction.autoencoder_texts(run, prompt, num_samples, rng)
 
   # --- what a run says about itself ---------------------------------------

@@ -13,7 +13,7 @@ Required (a subclass that lacks one fails when it is called):
       include `num_bytes`, the weight of a batch in evaluation
   tokens_per_step()                   model positions a step trains
   train_flops_per_step(config, stages)   model FLOPs of one step, from the
-      configs alone (latentlm.flops: counts exist before anything trains)
+      configs alone (latentlm.tasks.flops: counts exist before anything trains)
 
 Optional, each with a default that says what it means to leave it out:
   stages_of(config, given)            the runs the task builds on
@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 
 class Stage(NamedTuple):
@@ -89,9 +89,10 @@ class Task:
   @classmethod
   def train_flops_per_step(cls, config, stages) -> float:
     """Model FLOPs of one optimizer step of `config` on `stages` (name ->
-    config), every device together (latentlm.flops says what counts)."""
+    config), every device together (latentlm.tasks.flops says what counts)."""
     del stages
-    raise UserError(f'latentlm.flops has no count for task {config.task!r}: '
+    raise UserError('latentlm.tasks.flops has no count for task '
+                    f'{config.task!r}: '
                     f'define Task.train_flops_per_step in {cls.__module__}')
 
   # --- the runs a task builds on -----------------------------------------
@@ -140,7 +141,7 @@ class Task:
   def brier_continuations(self, run, contexts, rng, max_new_bytes: int,
                           temperature: float, unit: str, stats: dict):
     """Two sampled continuations per context, [(bytes, ended)], for
-    BrierLM (latentlm/brier.py); language models only."""
+    BrierLM (latentlm/metrics/brier.py); language models only."""
     del run, contexts, rng, max_new_bytes, temperature, unit, stats
     raise UserError(f'BrierLM scores language models, not a '
                     f'{self.config.task!r} run: give the workdir of a '

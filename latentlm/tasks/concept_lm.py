@@ -20,15 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latentlm import flops
 from latentlm import tasks
-from latentlm import workdir as workdir_lib
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 from latentlm.data import tokenizers
-from latentlm.errors import UserError
+from latentlm.metrics import brier
+from latentlm.metrics import concept_lm as concept_metrics
 from latentlm.models import concept_lm
 from latentlm.models import heads
 from latentlm.models import transformer
+from latentlm.sampling import concepts as concept_sampling
 from latentlm.tasks import base
+from latentlm.tasks import flops
 
 
 def load_autoencoder_config(path: str):
@@ -230,18 +233,15 @@ class Task(base.Task):
 
   # --- the tools ----------------------------------------------------------
   def evaluation_metrics(self, run, batches) -> dict:
-    from latentlm import concept_metrics  # pylint: disable=g-import-not-at-top
     return concept_metrics.concept_lm_metrics(run, batches)
 
   def generate_texts(self, run, prompt, num_samples, rng, **sampling):
-    from latentlm import concept_generate  # pylint: disable=g-import-not-at-top
     sampling.pop('top_p', None)  # a head has no nucleus to cut
-    return concept_generate.concept_lm_texts(run, prompt, num_samples, rng,
+    return concept_sampling.concept_lm_texts(run, prompt, num_samples, rng,
                                              **sampling)
 
   def brier_continuations(self, run, contexts, rng, max_new_bytes,
                           temperature, unit, stats):
-    from latentlm import brier  # pylint: disable=g-import-not-at-top
     return brier.concept_lm_continuations(run, contexts, rng, max_new_bytes,
                                           temperature, unit, stats)
 

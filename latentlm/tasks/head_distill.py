@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from latentlm import flops
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 from latentlm.models import heads
 from latentlm.tasks import base
 from latentlm.tasks import concept_lm
+from latentlm.tasks import flops
 
 
 def load_teacher_config(path: str):

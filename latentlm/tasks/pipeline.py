@@ -1,7 +1,7 @@
 """The pipeline: one config of several stages, trained in order.
 
 A pipeline config (`config.task = 'pipeline'`, configs/shakespeare.py) holds
-one config per stage under `config.stages`; `train.train_pipeline` trains
+one config per stage under `config.stages`; `training.loop.train_pipeline` trains
 each into DIR/<stage>, pointing its workdir fields at the earlier stages'
 directories, and `runs.load` takes DIR as its last stage. It is not a Task
 (nothing trains it as one); this module is all that knows its shape.
@@ -9,7 +9,7 @@ directories, and `runs.load` takes DIR as its last stage. It is not a Task
 
 import os
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 NAME = 'pipeline'
 # In order; config.stages.*. The first two are required; head_distill, when

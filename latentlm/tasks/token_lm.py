@@ -15,11 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latentlm import flops
+from latentlm.core.errors import UserError
 from latentlm.data import tokenizers
-from latentlm.errors import UserError
+from latentlm.metrics import brier
 from latentlm.models import token_lm, transformer
+from latentlm.sampling import tokens as token_sampling
 from latentlm.tasks import base
+from latentlm.tasks import flops
 
 
 def masked_cross_entropy(logits_BxLxV, targets_BxL, byte_lengths_V, pad_id):
@@ -99,13 +101,12 @@ class Task(base.Task):
                 num_bytes=metrics['num_bytes'])
 
   def generate_texts(self, run, prompt, num_samples, rng, **sampling):
-    from latentlm import generate  # pylint: disable=g-import-not-at-top
     sampling.pop('num_candidates', None)  # a concept LM's sampling option
-    return generate.token_lm_texts(run, prompt, num_samples, rng, **sampling)
+    return token_sampling.token_lm_texts(run, prompt, num_samples, rng,
+                                         **sampling)
 
   def brier_continuations(self, run, contexts, rng, max_new_bytes,
                           temperature, unit, stats):
-    from latentlm import brier  # pylint: disable=g-import-not-at-top
     return brier.token_lm_continuations(run, contexts, rng, max_new_bytes,
                                         temperature, unit, stats)
 

@@ -36,8 +36,8 @@ import dataclasses
 import flax.linen as nn
 import ml_collections
 
-from latentlm import config_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.models.heads.base import Head
 from latentlm.models.heads.diffusion import cosine_alpha_bar
 from latentlm.models.heads.diffusion import DiffusionHead

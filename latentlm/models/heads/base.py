@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 
 def dense(features, in_axis, out_axis, kernel_init=None, bias_init=None,
@@ -219,11 +219,12 @@ class Head(nn.Module):
   def loss_weights(cls, head, d_model: int, latent_dim: int,
                    num_targets: int) -> int:
     """The weights the loss multiplies at one position (config `head`, h of
-    size d_model, targets num_targets x latent_dim): latentlm.flops counts
+    size d_model, targets num_targets x latent_dim): latentlm.tasks.flops counts
     2 of its FLOPs per weight forward, 6 to train. No default: a head
     priced as another would skew every equal-FLOPs study."""
     del head, d_model, latent_dim, num_targets
-    raise UserError(f'latentlm.flops has no count for head {cls.__name__}: '
+    raise UserError('latentlm.tasks.flops has no count for head '
+                    f'{cls.__name__}: '
                     f'define {cls.__name__}.loss_weights (see '
                     'latentlm/models/heads/mse.py)')
 

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 from latentlm.models.heads import base
 
 

@@ -4,7 +4,7 @@ Adams-Bashforth steps."""
 import jax
 import jax.numpy as jnp
 
-from latentlm import config_lib
+from latentlm.core import config_lib
 from latentlm.models.heads import base
 
 TIME_SAMPLING = ('logit_normal', 'uniform')

@@ -7,19 +7,20 @@ from typing import Any
 import jax
 import ml_collections
 
-from latentlm import checkpoint
-from latentlm import sharding
 from latentlm import tasks
-from latentlm import workdir as workdir_lib
-from latentlm.errors import UserError
+from latentlm.core import sharding
+from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 from latentlm.tasks import pipeline
+from latentlm.training import checkpoint
+from latentlm.training import trainer as trainer_lib
 
 
 @dataclasses.dataclass
 class Run:
   config: ml_collections.ConfigDict
   task: Any
-  trainer: Any  # train.Trainer: the jitted steps on this process's mesh
+  trainer: Any  # trainer_lib.Trainer: the jitted steps on this process's mesh
   state: Any  # step.TrainState at the latest checkpoint
   step: int
 
@@ -34,7 +35,6 @@ def load(workdir_path: str, devices=None) -> Run:
   pipeline's workdir (the main job's) stands for its last stage, so
   evaluate and generate take the directory the job printed.
   """
-  from latentlm import train  # pylint: disable=g-import-not-at-top
   workdir = workdir_lib.Workdir(workdir_path)
   config = workdir.load_config()
   if pipeline.is_pipeline(config):
@@ -51,7 +51,7 @@ def load(workdir_path: str, devices=None) -> Run:
   try:
     task = tasks.get_task(config)
     mesh = sharding.make_mesh(config.mesh, devices)
-    trainer = train.Trainer(config, task, mesh)
+    trainer = trainer_lib.Trainer(config, task, mesh)
   except (AttributeError, KeyError) as e:  # a field this version reads
     raise UserError(f'{workdir.config_path} lacks a field this latentlm '
                     f'needs ({str(e).splitlines()[0][:200]}): it was written '

@@ -7,8 +7,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from latentlm import config_lib
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 
 
 def define_config_flag():

@@ -10,12 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentlm import sampling
-from latentlm import train
+from latentlm.core import sharding
 from latentlm.data import corpus
 from latentlm.data import segment
-from latentlm.tasks.autoencoder import reconstruction_counts
 
 NOISE_STDS = (0.1, 0.3, 0.5)
+
+
+def reconstruction_counts(logits_NxKxV, tokens_NxK, pad_id) -> dict:
+  """Sums for token accuracy (real tokens) and exact chunks (real chunks)."""
+  real_NxK = tokens_NxK != pad_id
+  real_N = real_NxK.any(-1)
+  right_NxK = logits_NxKxV.argmax(-1) == tokens_NxK
+  return dict(
+      tokens_right=(right_NxK & real_NxK).sum(),
+      num_tokens=real_NxK.sum(),
+      chunks_exact=(right_NxK.all(-1) & real_N).sum(),
+      num_chunks=real_N.sum())
 
 
 def _decoded_with_noise(task, params, tokens_NxK, rng, noise_stds):
@@ -44,7 +55,7 @@ def reconstruction_metrics(run, batches, seed: int = 0) -> dict:
   rng = jax.random.key(seed)
   with run.trainer.context():
     for i, batch in enumerate(run.trainer.lockstep_batches(batches)):
-      tokens = train.global_batch(batch, run.trainer.mesh)['tokens']
+      tokens = sharding.global_batch(batch, run.trainer.mesh)['tokens']
       batch_counts = jax.device_get(counts(run.state.params, tokens,
                                            jax.random.fold_in(rng, i)))
       for total, new in zip(totals, batch_counts):

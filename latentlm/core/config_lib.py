@@ -3,12 +3,13 @@
 import difflib
 import importlib.util
 import os
+import sys
 import types
 
 import ml_collections
 from ml_collections import ConfigDict
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 
 def _coerce(value: str, default):
@@ -137,7 +138,16 @@ def load_config_file(argv) -> ml_collections.ConfigDict | None:
 
 def load_module(path: str) -> types.ModuleType:
   """The Python file at `path` imported as a fresh module (not in
-  sys.modules, so configs with the same file name never collide)."""
+  sys.modules, so configs with the same file name never collide).
+
+  A file inside a package (configs/, with its __init__.py) imports its
+  siblings by name (`from configs.paper import study`): the folder that
+  holds the package goes on sys.path, so that any working directory works.
+  """
+  root = _package_root(path)
+  if root is not None and not any(
+      os.path.abspath(p or os.curdir) == root for p in sys.path):
+    sys.path.append(root)
   name = os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(f'_latentlm_{name}',
                                                        path)
@@ -146,16 +156,12 @@ def load_module(path: str) -> types.ModuleType:
   return module
 
 
-def module_beside(file: str, name: str) -> types.ModuleType:
-  """NAME.py (a path relative to the folder of `file`; pass __file__)."""
-  folder = os.path.dirname(os.path.abspath(file))
-  return load_module(os.path.join(folder, f'{name}.py'))
-
-
-def config_beside(file: str, name: str, arg: str | None = None):
-  """get_config(arg) of module_beside(file, name): how configs build on
-  each other."""
-  return module_beside(file, name).get_config(arg or None)
+def _package_root(path: str) -> str | None:
+  """The folder above the outermost package holding `path`, else None."""
+  folder, root = os.path.dirname(os.path.abspath(path)), None
+  while os.path.exists(os.path.join(folder, '__init__.py')):
+    folder = root = os.path.dirname(folder)
+  return root
 
 
 POSITIVE_FIELDS = (

@@ -21,7 +21,7 @@ evaluation's main cost.
 import jax
 import jax.numpy as jnp
 
-from latentlm import train
+from latentlm.core import sharding
 
 
 # The loss's target noise and head randomness come from their own stream,
@@ -64,7 +64,7 @@ def concept_lm_metrics(run, batches, seed: int = 0) -> dict:
   rng = jax.random.key(seed)
   with run.trainer.context():
     for i, batch in enumerate(run.trainer.lockstep_batches(batches)):
-      tokens = train.global_batch(batch, run.trainer.mesh)['tokens']
+      tokens = sharding.global_batch(batch, run.trainer.mesh)['tokens']
       sums, batch_counts = jax.device_get(sums_fn(
           run.state.params, run.state.frozen, tokens,
           jax.random.fold_in(rng, i)))

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentlm import sampling
+from latentlm.core.errors import UserError
 from latentlm.data import corpus
-from latentlm.errors import UserError
 from latentlm.models import transformer
 
 # Draws per context before a partial last chunk falls back to being read as

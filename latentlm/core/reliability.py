@@ -5,7 +5,7 @@ import math
 import os
 import signal
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 
 class StopSignal:

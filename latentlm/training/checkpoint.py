@@ -7,7 +7,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 
 class Checkpointer:

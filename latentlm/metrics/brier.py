@@ -9,7 +9,7 @@ so the mean of that per-position term is an unbiased estimate of Brier-n.
 BrierLM = 100 x the geometric mean of Brier-1..Brier-4 (CALM, Shao et al.
 2025). Every evaluation keeps its per-position terms: intervals (and the
 paired differences latentlm.report draws between runs scored on the same
-positions) are bootstraps over positions (latentlm/intervals.py).
+positions) are bootstraps over positions (latentlm/metrics/intervals.py).
 
 The protocol, the same for every model:
   positions:  word ends of the held-out documents: a position i where the
@@ -45,7 +45,7 @@ context bytes), not from a distortion of it:
              short, a word without the whitespace that closes it) ends in a
              partial chunk. The model's next chunk is then drawn conditioned
              on starting with that text, by rejection
-             (concept_generate.complete_partials): exact, and a context
+             (concept_sampling.complete_partials): exact, and a context
              whose completion hits the draw cap is counted in
              `partial_fallback_rate` instead of being scored as if nothing
              happened. For fixed-K segmentation the context is first cut at
@@ -68,10 +68,10 @@ import re
 import jax
 import numpy as np
 
-from latentlm import concept_generate
-from latentlm import generate
-from latentlm import intervals
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
+from latentlm.metrics import intervals
+from latentlm.sampling import concepts as concept_sampling
+from latentlm.sampling import tokens as token_sampling
 
 MAX_NGRAM = 4
 UNITS = ('bytes', 'words')
@@ -211,7 +211,7 @@ def token_lm_continuations(run, contexts, rng, max_new_bytes: int,
   """Two (bytes, ended) continuations per context, rows 2p and 2p + 1."""
   del stats  # a token LM has nothing to report beyond its samples
   tokenizer = run.task.tokenizer
-  sampler = generate.TokenSampler(run.task, run.state.params)
+  sampler = token_sampling.TokenSampler(run.task, run.state.params)
   encoded = [np.asarray(tokenizer.encode(c), np.int32) for c in contexts]
   results = [None] * (2 * len(contexts))
   for batch, padded in _batches(encoded, MAX_SAMPLER_ROWS):
@@ -251,7 +251,7 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
   """
   task = run.task
   tokenizer = task.tokenizer
-  sampler = concept_generate.ConceptSampler(task, run.state.params,
+  sampler = concept_sampling.ConceptSampler(task, run.state.params,
                                             run.state.frozen)
   chunks = [concept_chunks(task, c, align_fixed) for c in contexts]
   results = [None] * (2 * len(contexts))
@@ -261,7 +261,7 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
     batch_rng = jax.random.fold_in(rng, batch[0])
     partial_rng, stream_rng = jax.random.split(batch_rng)
     chunks_BxLxK = np.stack([chunks[i] for i in padded])
-    chosen_BxRxK, new_ids, fell_back_BxR = concept_generate.complete_partials(
+    chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
         sampler, chunks_BxLxK[:, :-1], chunks_BxLxK[:, -1], 2, partial_rng,
         temperature)
     fell_back.append(fell_back_BxR[:len(batch)])
@@ -276,7 +276,7 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
       if _done(texts, ended, unit, max_new_bytes):
         break
       for row in np.flatnonzero(~ended):
-        ids, ended[row] = concept_generate.chunk_tokens(
+        ids, ended[row] = concept_sampling.chunk_tokens(
             chunks_NxK[row], task.pad_id, tokenizer.eos_id)
         texts[row] += tokenizer.decode_bytes(ids)
     for row, i in enumerate(np.repeat(batch, 2)):

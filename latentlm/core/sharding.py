@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -82,3 +82,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def global_batch(local_batch, mesh):
+  """Assembles each process's rows into one array sharded over the mesh."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          batch_sharding(mesh, x.ndim), x), local_batch)

@@ -23,7 +23,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 ENV_COORDINATOR = 'LATENTLM_COORDINATOR'
 ENV_NUM_PROCESSES = 'LATENTLM_NUM_PROCESSES'

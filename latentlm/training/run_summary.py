@@ -7,7 +7,7 @@ commands of its last stage on the pipeline's directory, which stands for it.
 """
 
 from latentlm import tasks
-from latentlm import workdir as workdir_lib
+from latentlm.core import workdir as workdir_lib
 from latentlm.tasks import pipeline
 
 

@@ -11,7 +11,7 @@ import tempfile
 
 import ml_collections
 
-from latentlm.errors import UserError
+from latentlm.core.errors import UserError
 
 # Fields that may change between a run and its resumption: they alter how long
 # or how verbosely a run goes, not what it computes.

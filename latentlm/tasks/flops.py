@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latentlm import config_lib
 from latentlm import tasks
-from latentlm.errors import UserError
+from latentlm.core import config_lib
+from latentlm.core.errors import UserError
 from latentlm.models import concept
 from latentlm.models import heads
 from latentlm.tasks import pipeline
@@ -119,7 +119,7 @@ def _known(table: dict, value, what: str):
   """table[value], or a one-line UserError naming `value` and the values
   the table knows: a count this module lacks must not default to another's."""
   if value not in table:
-    raise UserError(f'latentlm.flops has no count for {what} {value!r}; it '
+    raise UserError(f'latentlm.tasks.flops has no count for {what} {value!r}; it '
                     f'knows {sorted(table)}'
                     f'{config_lib.suggest(str(value), table)}')
   return table[value]

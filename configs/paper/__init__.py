@@ -1,0 +1,2 @@
+"""The paper studies' configs (each docstring gives its commands) and their
+shared budget (budget.py) and stages (study.py)."""
