@@ -273,7 +273,8 @@ def find_baseline(runs, name: str | None) -> dict:
   if name is None:
     return runs[0]
   matches = [r for r in runs
-             if name in (r['name'], r['path'], os.path.abspath(name))]
+             if name == r['name'] or
+             os.path.abspath(name) == os.path.abspath(r['path'])]
   if len(matches) != 1:
     names = ', '.join(r['name'] for r in runs)
     problem = 'none' if not matches else f'{len(matches)} (give its path)'

@@ -294,6 +294,9 @@ def test_baseline_is_named_by_its_directory(paired_dirs, tmp_path):
   assert _verdicts(runs['base']) == {'worse'}
   assert 'minus the baseline **better** (its BrierLM evaluation at step 20' \
       in table
+  by_path, _ = _report(paired_dirs, tmp_path, baseline=paired_dirs['better'])
+  assert by_path['better']['paired'] is None
+  assert _verdicts(by_path['base']) == {'worse'}
   result = helpers.run_module('report', *paired_dirs.values(),
                               f'--out={tmp_path}/o', '--noplots',
                               '--baseline=nope')

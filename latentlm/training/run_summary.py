@@ -11,10 +11,16 @@ from latentlm.core import workdir as workdir_lib
 from latentlm.tasks import pipeline
 
 
+def _value(value: float, scale: float) -> str:
+  """Four significant digits; six for a percentage, so that 99.997% does
+  not read as 100%."""
+  return f'{value:.6g}' if scale != 1 else f'{value:.4g}'
+
+
 def metric_lines(config, metrics: dict) -> list[str]:
   """`name  value  unit` of each metric the task gives a unit, aligned."""
   units = tasks.task_class(config).metric_units(config)
-  rows = [(name, f'{unit.scale * metrics[name]:.4g}', unit.text)
+  rows = [(name, _value(unit.scale * metrics[name], unit.scale), unit.text)
           for name, unit in units.items() if name in metrics]
   if not rows:
     return []
