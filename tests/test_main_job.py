@@ -62,6 +62,17 @@ def test_main_job_trains_three_stages_then_samples_and_resumes(tmp_path):
   assert (run.config.head.num_steps, run.config.head.guidance_scale) == (1, 1)
 
 
+def test_main_job_config_is_pinned():
+  """The resolved main job, field for field, as it was at 066c846 (before
+  the package re-layout and the Task interface): same config and seed, same
+  samples on a machine (docs/results/main_job.md). A change to it is a
+  deliberate change of the main job: update the golden file with it."""
+  with open(os.path.join(helpers.REPO, 'tests', 'golden',
+                         'shakespeare_config.json')) as f:
+    golden = json.load(f)
+  assert json.loads(helpers.load_config('shakespeare').to_json()) == golden
+
+
 def test_pipeline_workdir_before_its_last_stage_is_a_clear_error(tmp_path):
   os.makedirs(tmp_path / 'autoencoder')
   os.makedirs(tmp_path / 'concept_lm')
