@@ -32,7 +32,7 @@ from latentlm.core.errors import UserError
 from latentlm.data.tokenizers import ByteTokenizer
 
 KINDS = ('fixed', 'words', 'sentences')
-_WHITESPACE = np.frombuffer(b' \t\n\v\f\r', np.uint8)
+WHITESPACE = np.frombuffer(b' \t\n\v\f\r', np.uint8)
 _SENTENCE_ENDS = np.frombuffer(b'.!?', np.uint8)
 _NEWLINE = ord('\n')
 
@@ -100,7 +100,7 @@ def _eos_boundary_mask(tokens_N, eos_id) -> np.ndarray:
 
 def _word_start_mask(tokens_N, eos_id) -> np.ndarray:
   """True where a word starts: non-whitespace after whitespace, or EOS edges."""
-  space_N = np.isin(tokens_N, _WHITESPACE)
+  space_N = np.isin(tokens_N, WHITESPACE)
   return (_shifted_right(space_N) & ~space_N) | _eos_boundary_mask(
       tokens_N, eos_id)
 
@@ -110,7 +110,7 @@ def _sentence_starts(tokens_N, word_starts_W) -> np.ndarray:
   n = len(tokens_N)
   positions_N = np.arange(n)
   last_solid_N = np.maximum.accumulate(
-      np.where(np.isin(tokens_N, _WHITESPACE), -1, positions_N))
+      np.where(np.isin(tokens_N, WHITESPACE), -1, positions_N))
   word_ends_W = np.append(word_starts_W[1:], n)
   last_solid_W = last_solid_N[word_ends_W - 1]
   # A whitespace-only word (start of a document) has no final mark.

@@ -69,6 +69,7 @@ import jax
 import numpy as np
 
 from latentlm.core.errors import UserError
+from latentlm.data import segment
 from latentlm.metrics import intervals
 from latentlm.sampling import concepts as concept_sampling
 from latentlm.sampling import tokens as token_sampling
@@ -84,7 +85,6 @@ DEFAULT_NUM_POSITIONS = 8192
 DEFAULT_MAX_NEW_BYTES = 64
 MAX_SAMPLER_ROWS = 512  # rows of one batched sampling stream
 _WORD = re.compile(rb'\s*\S+')
-_WHITESPACE = np.frombuffer(b' \t\n\v\f\r', np.uint8)
 
 
 # ------------------------------------------------------------ the estimator
@@ -127,7 +127,7 @@ def brier_terms(truths, first, second) -> np.ndarray:
 # ------------------------------------------------------------ the positions
 def _word_ends(text: bytes) -> np.ndarray:
   """Indices i where text[i] is whitespace and text[i - 1] is not."""
-  space_N = np.isin(np.frombuffer(text, np.uint8), _WHITESPACE)
+  space_N = np.isin(np.frombuffer(text, np.uint8), segment.WHITESPACE)
   return np.flatnonzero(space_N[1:] & ~space_N[:-1]) + 1
 
 
@@ -187,7 +187,7 @@ def _batches(sequences, max_rows: int):
   for indices in groups.values():
     for start in range(0, len(indices), size):
       batch = indices[start:start + size]
-      padded = 1 << (len(batch) - 1).bit_length()
+      padded = concept_sampling.power_of_two_at_least(len(batch))
       yield batch, batch + [batch[-1]] * (padded - len(batch))
 
 

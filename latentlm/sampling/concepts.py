@@ -260,13 +260,8 @@ def prompt_chunks(task, prompt: str):
   return np.concatenate([eos_K[None], chunks_MxK[:-1]]), chunks_MxK[-1]
 
 
-def _is_partial(chunk_K, pad_id: int, eos_id: int) -> bool:
-  """Whether a context's last chunk has room to grow: a full chunk cannot,
-  so the chunk after it is drawn unconstrained."""
-  return len(chunk_tokens(chunk_K, pad_id, eos_id)[0]) < len(chunk_K)
-
-
-def _power_of_two_at_least(n: int) -> int:
+def power_of_two_at_least(n: int) -> int:
+  """A batch size that bounds the shapes a sampler compiles for."""
   return 1 << max(n - 1, 0).bit_length()
 
 
@@ -292,15 +287,16 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
   partials = [chunk_tokens(p_K, pad_id, eos_id)[0] for p_K in partial_BxK]
   chosen = [[p_K] * num_rows for p_K in partial_BxK]
   new_ids = [[[] for _ in range(num_rows)] for _ in range(B)]
-  filled_B = np.array([0 if _is_partial(p_K, pad_id, eos_id) else num_rows
-                       for p_K in partial_BxK])
+  # A full chunk has no room to grow: the chunk after it is unconstrained.
+  filled_B = np.array([0 if len(ids) < len(p_K) else num_rows
+                       for ids, p_K in zip(partials, partial_BxK)])
   drawn_B = np.zeros(B, np.int64)
   for round_index in itertools.count():
     open_O = np.flatnonzero((filled_B < num_rows) & (drawn_B < max_draws))
     if not len(open_O):
       break
     # Powers of two bound the shapes a sampler compiles for.
-    bucket = _power_of_two_at_least(len(open_O))
+    bucket = power_of_two_at_least(len(open_O))
     rows = np.concatenate([open_O, np.repeat(open_O[-1:], bucket - len(open_O))])
     draws = max(1, COMPLETION_ROWS // bucket)
     _, candidates_BxDxK = sampler.next_chunks(
