@@ -3,14 +3,15 @@
   python launch/sweep.py --config=configs/token_lm.py:size=nano \\
       --grid='args.size=nano,tiny' --grid='train.num_steps=100,200' \\
       --root=/tmp/sweep [--evaluate=brier] [--eval_flag=--block_bytes=64] \\
-      [--print]
+      [--eval_text=FILE] [--print]
 
 Each --grid axis is NAME=V1,V2,...: `args.NAME` sets an argument of the
 config file (FILE.py:NAME=V), any other NAME a config field
 (--config.NAME=V). The runs are the product of the axes; each trains into
 ROOT/<values of the axes that have several>, then is evaluated (its task's
 metrics, and BrierLM with --evaluate=brier; --eval_flag passes flags to
-evaluate), so `python -m latentlm.report ROOT/*` tabulates them.
+evaluate; each --eval_text evaluates the same metrics on that text too), so
+`python -m latentlm.report ROOT/*` tabulates them.
 Runs go one at a time: in parallel they would share the CPU and distort the
 timings. They share a persistent XLA compilation cache, ROOT/.jax_cache
 (unless JAX_COMPILATION_CACHE_DIR is set): runs of one shape, and a run's
@@ -63,25 +64,45 @@ def runs(config: str, axes: list[tuple[str, list[str]]]):
 
 
 def commands(workdir: str, config_flag: str, overrides: list[str],
-             metrics: list[str], eval_flags=(), python: str = 'python'):
+             metrics: list[str], eval_flags=(), python: str = 'python',
+             text_metrics=None):
   """The train command, then one evaluate command for all the metrics
-  (one process loads the run and compiles its model once)."""
+  (one process loads the run and compiles its model once), then one for
+  each text of `text_metrics` ({text file: its metrics})."""
   python = [python, '-m']
   train = python + ['latentlm.train', config_flag, *overrides,
                     f'--workdir={workdir}']
-  evaluate = python + ['latentlm.evaluate', f'--workdir={workdir}',
-                       *[f'--metric={m}' for m in metrics], *eval_flags]
-  return [train, evaluate]
+  evaluate = python + ['latentlm.evaluate', f'--workdir={workdir}']
+  result = [train]
+  if metrics:
+    result.append(evaluate + [f'--metric={m}' for m in metrics]
+                  + list(eval_flags))
+  for text, on_text in (text_metrics or {}).items():
+    if on_text:
+      result.append(evaluate + [f'--metric={m}' for m in on_text]
+                    + list(eval_flags) + [f'--text={text}'])
+  return result
 
 
-def evaluated(workdir: str) -> set[str]:
-  """The metrics evaluate has recorded in `workdir`."""
+def evaluated(workdir: str) -> set[tuple[str, str]]:
+  """The (metric, data) pairs evaluate has recorded in `workdir`."""
   path = os.path.join(workdir, 'evaluations.jsonl')
   if not os.path.exists(path):
     return set()
   with open(path) as f:
-    return {json.loads(line).get('metric', 'default') for line in f
-            if line.strip()}
+    records = [json.loads(line) for line in f if line.strip()]
+  return {(r.get('metric', 'default'), r.get('data', '')) for r in records}
+
+
+def missing_metrics(workdir: str, metrics, eval_texts):
+  """(metrics not yet evaluated on the split, {text: metrics not yet
+  evaluated on it}). An evaluation of data other than the texts counts as
+  the split's."""
+  recorded = evaluated(workdir)
+  on_split = {m for m, data in recorded if data not in eval_texts}
+  on_text = {text: [m for m in metrics if (m, text) not in recorded]
+             for text in eval_texts}
+  return [m for m in metrics if m not in on_split], on_text
 
 
 def main(argv=None):
@@ -97,6 +118,8 @@ def main(argv=None):
   parser.add_argument('--eval_flag', action='append', default=[],
                       help="A flag for every evaluate, e.g. "
                       "--eval_flag=--block_bytes=64 (repeatable).")
+  parser.add_argument('--eval_text', action='append', default=[],
+                      help='Also evaluate on this text file (repeatable).')
   parser.add_argument('--print', action='store_true', dest='print_only',
                       help='Print one shell line per run; run nothing.')
   a = parser.parse_args(argv)
@@ -108,6 +131,10 @@ def main(argv=None):
       not os.path.exists(a.config.partition(':')[0])):
     parser.exit(2, f'error: no config file {a.config.partition(":")[0]!r}\n')
   metrics = ['default'] + [m for m in a.evaluate or [] if m != 'default']
+  eval_texts = [os.path.abspath(t) for t in a.eval_text]
+  for text in eval_texts:
+    if not os.path.isfile(text):
+      parser.exit(2, f'error: --eval_text={text} is not a file\n')
   env = dict(os.environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR',
                  os.path.join(os.path.abspath(a.root), '.jax_cache'))
@@ -115,16 +142,16 @@ def main(argv=None):
   for name, config_flag, overrides in runs(a.config, axes):
     workdir = os.path.join(a.root, name)
     if a.print_only:
-      steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag)
+      steps = commands(workdir, config_flag, overrides, metrics, a.eval_flag,
+                       text_metrics={t: metrics for t in eval_texts})
       print(' && '.join(shlex.join(c) for c in steps))
       continue
-    recorded = evaluated(workdir)
-    missing = [m for m in metrics if m not in recorded]
-    if not missing:
+    missing, text_missing = missing_metrics(workdir, metrics, eval_texts)
+    if not missing and not any(text_missing.values()):
       print(f'{name}: evaluated already, skipped', flush=True)
       continue
     steps = commands(workdir, config_flag, overrides, missing, a.eval_flag,
-                     python=sys.executable)
+                     python=sys.executable, text_metrics=text_missing)
     print(f'{name}: {shlex.join(steps[0][2:])}', flush=True)
     for command in steps:
       if subprocess.run(command, cwd=REPO, env=env).returncode:

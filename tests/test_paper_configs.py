@@ -45,7 +45,8 @@ def _stages(name, arg):
 def test_every_paper_config_is_covered_and_documented():
   names = sorted(f[:-3] for f in os.listdir(PAPER)
                  if f.endswith('.py') and f not in HELPERS)
-  assert names == sorted([*STUDIES, 'token_baseline', 'calm_m', 'lcm_1b6'])
+  assert names == sorted([*STUDIES, 'token_baseline', 'scaling', 'calm_m',
+                          'lcm_1b6'])
   for name in names:
     doc = _module(name).__doc__
     assert 'python' in doc and 'Args:' in doc, name
@@ -53,6 +54,32 @@ def test_every_paper_config_is_covered_and_documented():
       assert 'launch/sweep.py' in doc and 'latentlm.report' in doc, name
       # Its figures live with the results, not in the code.
       assert 'docs/results/' in doc and 'Measured' not in doc, name
+  scaling_doc = _module('scaling').__doc__
+  assert 'launch/sweep.py' in scaling_doc and 'Decision rule' in scaling_doc
+  assert 'docs/results/scaling.md' in scaling_doc
+
+
+def test_the_scaling_study_meets_every_budget_all_in():
+  scaling = _module('scaling')
+  for family in scaling.FAMILIES:
+    for flops_budget in scaling.BUDGETS:
+      c = _config('scaling', f'family={family},budget={flops_budget:g}')
+      if family in scaling.TOKEN_FAMILIES:
+        spent = budget.budget_flops_of(c)
+        assert c.task == 'token_lm'
+      else:
+        # A pipeline whose stage 1 is the other studies' and counts.
+        assert c.task == 'pipeline'
+        ae, lm = c.stages.autoencoder, c.stages.concept_lm
+        assert ae.to_json() == _config('heads', 'stage=autoencoder').to_json()
+        assert lm.head.name == family
+        spent = budget.budget_flops_of(lm, ae)
+      assert abs(spent / flops_budget - 1) < 0.01, (family, flops_budget)
+  # At the other studies' budget a token family is token_baseline's run.
+  assert _config('scaling', 'family=spm,budget=6e12').to_json() == (
+      _config('token_baseline', 'tokens=spm').to_json())
+  with pytest.raises(UserError, match='budget'):
+    _config('scaling', 'family=bytes,budget=0')
 
 
 def test_steps_for_budget():

@@ -90,3 +90,34 @@ def test_a_bad_axis_is_one_line(grid, tmp_path, capsys):
   with pytest.raises(SystemExit):
     sweep.main(['--config', CONFIG, f'--grid={grid}', f'--root={tmp_path}'])
   assert capsys.readouterr().err.startswith('error: --grid=')
+
+
+def test_an_eval_text_is_evaluated_once_beside_the_split(
+    monkeypatch, tmp_path, capsys):
+  ran = []
+  monkeypatch.setattr(sweep.subprocess, 'run', lambda command, cwd, env: (
+      ran.append(command[2:]) or subprocess.CompletedProcess(command, 0)))
+  text = tmp_path / 'prose.txt'
+  text.write_text('Some modern prose.\n')
+  root = tmp_path / 'runs'
+  done = root / 'base'
+  done.mkdir(parents=True)
+  # The split fully evaluated; the text only by the default metrics.
+  (done / 'evaluations.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in [
+      {'metric': 'default', 'data': 'shakespeare:test'},
+      {'metric': 'brier', 'data': 'shakespeare:test'},
+      {'metric': 'default', 'data': str(text)}]))
+  args = ['--config', CONFIG, '--grid=train.num_steps=5', f'--root={root}',
+          '--evaluate=brier', f'--eval_text={text}']
+  sweep.main(args)
+  assert [c[0] for c in ran] == ['latentlm.train', 'latentlm.evaluate']
+  assert ran[1][2:] == ['--metric=brier', f'--text={text}']
+  with open(done / 'evaluations.jsonl', 'a') as f:
+    f.write(json.dumps({'metric': 'brier', 'data': str(text)}) + '\n')
+  ran.clear()
+  sweep.main(args)
+  assert not ran
+  assert 'evaluated already, skipped' in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    sweep.main(args[:-1] + [f'--eval_text={tmp_path}/missing.txt'])
+  assert 'is not a file' in capsys.readouterr().err

@@ -33,7 +33,8 @@ are in docs/results/equal_flops.md (match=flops) and
 docs/results/token_params.md (match=params). Training the BPE vocabulary is
 not counted: like any tokenizer, it is no model FLOPs.
 
-Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm).
+Args: tokens (bytes), match (flops), vocab (1024, for tokens=spm), budget
+(budget.CPU_BUDGET_FLOPS all-in FLOPs, for match=flops; scaling.py sets it).
 """
 
 from latentlm.core import config_lib
@@ -50,7 +51,8 @@ ROW_TOKENS = 256
 
 
 def get_config(arg=None):
-  args = config_lib.parse_args(arg, tokens='bytes', match='flops', vocab=1024)
+  args = config_lib.parse_args(arg, tokens='bytes', match='flops', vocab=1024,
+                               budget=budget.CPU_BUDGET_FLOPS)
   config_lib.choose('tokens', args.tokens, TOKENS)
   config_lib.choose('match', args.match, MATCHES)
   c = token_lm_config.get_config('size=tiny')
@@ -60,7 +62,7 @@ def get_config(arg=None):
   c.data.seq_len = ROW_TOKENS
   c.model.max_len = c.data.seq_len
   if args.match == 'flops':
-    return budget.set_budget(c, budget.CPU_BUDGET_FLOPS)
+    return budget.set_budget(c, args.budget)
   ae = study.autoencoder()
   reference = study.concept_lm(ae, ae_workdir='')
   c.model.num_layers = budget.layers_for_params(
