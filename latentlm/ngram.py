@@ -3,6 +3,8 @@
 A count-based ladder that says how trained a model is: orders 2..5 (or any
 of 1..8) fit on a run's training split and scored on its held-out split by
 bits per byte and by BrierLM at the same positions as latentlm.evaluate.
+--config=FILE.py[:ARGS] (e.g. configs/token_lm.py) names the data instead
+of a run, for a ladder with no trained run beside it.
 
   python -m latentlm.ngram --workdir=RUN --orders=2,3,4,5 --out=DIR \
       [--split=test] [--text=FILE] [--num_positions=N --block_bytes=B \
@@ -403,6 +405,7 @@ def define_flags():
   so a mistake in the other flags fails before the training stack loads)."""
   flags.DEFINE_string('workdir', None, 'A run: its config.json names the '
                       'data; the n-grams fit on its training split.')
+  cli.define_config_flag()  # or a config's data, without a run
   flags.DEFINE_string('orders', '2,3,4,5', 'Comma-separated n-gram orders '
                       f'(1..{MAX_ORDER}).')
   flags.DEFINE_string('out', None, 'Writes OUT/ngram-N/ per order.')
@@ -441,7 +444,15 @@ def main(argv):
   if f.text is not None:  # fail on a missing or empty file first
     from latentlm.data import corpus  # pylint: disable=g-import-not-at-top
     corpus.read_text_to_score(f.text, warn=False)
-  config = workdir_lib.Workdir(f.workdir).load_config()
+  if (f.workdir is None) == (f.config is None):
+    raise UserError('give the data by --workdir=RUN (a run) or by '
+                    '--config=FILE.py (e.g. configs/token_lm.py), not both')
+  if f.workdir is not None:
+    config = workdir_lib.Workdir(f.workdir).load_config()
+  else:
+    config = f.config
+    if 'data' not in config:  # a pipeline: its stages share one corpus
+      config = config.stages[next(iter(config.stages))]
   split = f.split or config.data.eval_split
   train_documents = _documents(config.data, 'train', None)
   eval_documents = _documents(config.data, split, f.text)

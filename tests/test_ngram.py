@@ -216,6 +216,32 @@ def test_command_writes_a_reference_per_order(fake_run):
   assert not [p for p in os.listdir(out / 'ngram-1') if p.startswith('.tmp')]
 
 
+def test_a_config_names_the_data_as_its_run_does(fake_run):
+  run_dir, tmp = fake_run
+  args = ['--orders=2', '--split=test', '--num_positions=16',
+          '--block_bytes=16', '--max_new_bytes=8']
+  by_run = helpers.run_module('ngram', f'--workdir={run_dir}',
+                              f'--out={tmp / "by_run"}', *args)
+  config = tmp / 'files_config.py'
+  config.write_text(
+      'from configs import token_lm\n'
+      'def get_config(arg=None):\n'
+      "  c = token_lm.get_config('size=nano')\n"
+      f"  c.data.name, c.data.files = 'files', {str(tmp / 'plays.txt')!r}\n"
+      f"  c.data.data_dir = {str(tmp / 'tfds')!r}\n"
+      '  return c\n')
+  by_config = helpers.run_module('ngram', f'--config={config}',
+                                 f'--out={tmp / "by_config"}', *args)
+  assert by_run.returncode == by_config.returncode == 0, by_config.stderr
+  untimed = lambda rows: [{k: v for k, v in r.items()
+                           if not k.endswith('_s')} for r in rows]
+  assert (untimed(helpers.last_json_line(by_config.stdout)) ==
+          untimed(helpers.last_json_line(by_run.stdout)))
+  both = helpers.run_module('ngram', f'--workdir={run_dir}',
+                            f'--config={config}', f'--out={tmp / "both"}')
+  assert both.returncode == 2 and 'not both' in both.stderr
+
+
 @pytest.mark.parametrize('args, message', [
     (['--orders=2,0'], 'error: n-gram order 0 is not in 1..8'),
     (['--workdir=NOWHERE'], 'is not a latentlm workdir (no config.json)'),

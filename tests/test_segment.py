@@ -51,6 +51,9 @@ def _reference_groups(tokens, kind):
 def _reference_chunks(tokens, kind, K):
   if kind == 'fixed':
     return [tokens[i:i + K] for i in range(0, len(tokens), K)]
+  if kind == 'word':
+    return [word[i:i + K] for word in _reference_words(tokens)
+            for i in range(0, len(word), K)]
   chunks = []
   for group in _reference_groups(tokens, kind):
     current = []
@@ -150,13 +153,17 @@ def test_adversarial_inputs(text, kind, K):
     (b'One two three four. Z', 'sentences', 8,
      [b'One two ', b'three ', b'four. ', b'Z']),
     (b'\n\nA\n', 'sentences', 8, [b'\n\n', b'A\n']),
+    (b'To be, or', 'word', 8, [b'To ', b'be, ', b'or']),
+    (b'ROMEO.\n  Hence!', 'word', 4, [b'ROME', b'O.\n ', b' ', b'Henc',
+                                      b'e!']),
+    (b'  lead', 'word', 8, [b'  ', b'lead']),  # leading space: a word
 ])
 def test_examples(text, kind, K, expected):
   chunks_MxK = segment.segment(np.frombuffer(text, np.uint8), kind, K, PAD)
   assert [bytes(row[row != PAD].tolist()) for row in chunks_MxK] == expected
 
 
-@pytest.mark.parametrize('kind', ['words', 'sentences'])
+@pytest.mark.parametrize('kind', ['words', 'sentences', 'word'])
 def test_eos_is_a_chunk_of_its_own(kind):
   tokens = [BOS, ord('a'), ord(' '), EOS, ord('b'), EOS, EOS, ord(' ')]
   chunks_MxK = segment.segment(np.array(tokens), kind, 8, PAD)
@@ -176,8 +183,8 @@ def test_stats():
 
 
 def test_unknown_kind_suggests():
-  with pytest.raises(UserError, match="did you mean 'words'"):
-    segment.segment(np.zeros(3, np.int32), 'word', 4, PAD)
+  with pytest.raises(UserError, match="did you mean 'sentences'"):
+    segment.segment(np.zeros(3, np.int32), 'sentence', 4, PAD)
 
 
 def test_pad_in_input_is_rejected():

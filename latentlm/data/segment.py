@@ -9,6 +9,10 @@ Kinds:
              chunk with the words after it).
   sentences: one sentence per chunk; a sentence longer than K is packed into
              several chunks like 'words'. Chunks never hold two sentences.
+  word:      one word per chunk (with the whitespace that follows it, as
+             in 'words'); a word longer than K is cut into pieces of K,
+             each a chunk of its own. A chunk is a unit of meaning, of
+             variable length: the word, not a packing of several.
 
 Definitions, on byte ids:
   word:     a run of non-whitespace ids with the whitespace that follows it
@@ -31,7 +35,7 @@ from latentlm.core import config_lib
 from latentlm.core.errors import UserError
 from latentlm.data.tokenizers import ByteTokenizer
 
-KINDS = ('fixed', 'words', 'sentences')
+KINDS = ('fixed', 'words', 'sentences', 'word')
 WHITESPACE = np.frombuffer(b' \t\n\v\f\r', np.uint8)
 _SENTENCE_ENDS = np.frombuffer(b'.!?', np.uint8)
 _NEWLINE = ord('\n')
@@ -55,6 +59,8 @@ def segment(tokens_N: np.ndarray, kind: str, K: int, pad_id: int,
   n = len(tokens_N)
   if kind == 'fixed' or n == 0:
     starts_M = np.arange(0, n, K)
+  elif kind == 'word':
+    starts_M = _pieces(np.flatnonzero(_word_start_mask(tokens_N, eos_id)), n, K)
   else:
     word_starts_W = np.flatnonzero(_word_start_mask(tokens_N, eos_id))
     forced_F = np.flatnonzero(_eos_boundary_mask(tokens_N, eos_id))

@@ -178,7 +178,7 @@ def _padded_chunks(num_chunks: int) -> int:
 # segment.kind of a stage-1 config -> the chunks the models compute on in a
 # row of `num_chunks`.
 _SEGMENTATIONS = {'fixed': _padded_chunks, 'words': _padded_chunks,
-                  'sentences': _padded_chunks}
+                  'sentences': _padded_chunks, 'word': _padded_chunks}
 
 
 def row_chunks(autoencoder, num_chunks: int) -> int:
