@@ -5,9 +5,11 @@
   python -m latentlm.evaluate --workdir=/tmp/ae --text=/usr/share/common-licenses/GPL-3
   python -m latentlm.generate --workdir=/tmp/ae --prompt='To be, or not to be'
 
-Args: K (bytes per chunk, 4), segment (fixed|words|sentences), Dz (latent
-dim, 128 as in CALM), encoder (mlp|transformer); e.g.
-configs/autoencoder.py:K=8,segment=words.
+Args: K (bytes per chunk, 4), segment (fixed|words|sentences|word|entropy),
+Dz (latent dim, 128 as in CALM), encoder (mlp|transformer), mean_bytes (4.5,
+the mean unit length of segment=entropy, whose byte LM
+--config.segment.entropy_workdir names: configs/entropy_units.py trains
+both); e.g. configs/autoencoder.py:K=8,segment=word.
 
 The default trains 400 steps of 16 rows x 256 bytes (1.0M params); its
 reconstruction accuracy (on the test plays, on text it never saw, under
@@ -21,10 +23,15 @@ from latentlm.models import concept
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, K=4, segment='fixed', Dz=128,
-                               encoder='mlp')
+                               encoder='mlp', mean_bytes=4.5)
   c = config_lib.base_config()
   c.task = 'autoencoder'
   c.segment = config_lib.ConfigDict(dict(kind=args.segment, chunk_len=args.K))
+  if args.segment == 'entropy':
+    # Units cut where a byte LM finds the next byte hard to predict
+    # (latentlm/data/entropy.py), at the threshold that gives this mean.
+    c.segment.entropy_workdir = ''
+    c.segment.mean_bytes = args.mean_bytes
   # Chunks per row: 256 token slots, so every K trains on as many per step.
   c.data.seq_len = max(256 // args.K, 1)
 

@@ -183,7 +183,8 @@ def budget_outcome(rows_by_family: dict, metric: str) -> dict:
 def verdict(outcomes_by_budget: dict) -> str:
   """The side that wins the top budget and one more; else 'not resolved'."""
   budgets = sorted(outcomes_by_budget)
-  if budgets != sorted(scaling.BUDGETS):
+  if budgets != sorted(scaling.BUDGETS) or any(
+      'incomplete' in o['winner'] for o in outcomes_by_budget.values()):
     return 'incomplete'
   top = outcomes_by_budget[budgets[-1]]['winner']
   if top in ('concepts', 'tokens') and any(
@@ -217,7 +218,8 @@ def _cell(row, metric, digits=3) -> str:
 
 def results_table(rows: list[dict], eval_data: str) -> str:
   lines = ['| run | all-in FLOPs | params | steps | bits/byte | BrierLM | '
-           'Brier-1 | fallback |', '|---|---|---|---|---|---|---|---|']
+           'Brier-1 | positions | fallback |',
+           '|---|---|---|---|---|---|---|---|---|']
   for row in rows:
     if row['eval_data'] != eval_data:
       continue
@@ -228,7 +230,8 @@ def results_table(rows: list[dict], eval_data: str) -> str:
                 else f'{row["partial_fallback_rate"]:.3f}')
     lines.append(f'| {row["name"]} | {flops} | {row["params"] or "-"} | '
                  f'{row["steps"] or "-"} | {bpb} | {_cell(row, "brier_lm", 2)}'
-                 f' | {_cell(row, "brier_1")} | {fallback} |')
+                 f' | {_cell(row, "brier_1")} | {row["num_positions"]} | '
+                 f'{fallback} |')
   return '\n'.join(lines)
 
 

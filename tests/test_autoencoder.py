@@ -174,6 +174,11 @@ def test_reconstruction_metrics_agree_with_the_eval_step(trained):
   eval_metrics = trained.trainer.evaluate(trained.state, iter(batches), 2)
   assert metrics['token_acc'] == eval_metrics['token_acc'] == 1.0
   assert metrics['num_bytes'] == 2 * (_batch()['tokens'] != PAD).sum()
+  # Pad rows are no concepts: the mean is over the real chunks only.
+  real_chunks_NxK = _batch()['tokens'].reshape(-1, K)
+  lengths_N = (real_chunks_NxK != PAD).sum(1)
+  assert metrics['bytes_per_concept'] == pytest.approx(
+      lengths_N[lengths_N > 0].mean())
   for sigma in reconstruction.NOISE_STDS:
     assert 0 <= metrics[f'token_acc_noise_{sigma}'] <= 1
     assert metrics[f'chunk_exact_noise_{sigma}'] <= metrics[

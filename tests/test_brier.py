@@ -246,6 +246,9 @@ def test_concept_lm_metrics_and_the_gmm_closed_form(concept_lm_run, tmp_path):
   nll_M = -np.logaddexp.reduce(log_p_MxC, axis=1)
   np.testing.assert_allclose(metrics['gmm_nll'], nll_M.mean(), rtol=1e-4)
   assert metrics['num_concepts'] == len(mu_MxZ)
+  assert metrics['bytes_per_concept'] == pytest.approx(
+      metrics['num_bytes'] / metrics['num_concepts'])
+  assert 1 <= metrics['bytes_per_concept'] <= task.chunk_len
 
 
 def test_concept_lm_eval_loss_without_target_noise_is_the_gmm_nll(tmp_path):

@@ -11,12 +11,15 @@ import jax
 import numpy as np
 import pytest
 
+from latentlm import tasks
 from latentlm.data import segment
 from latentlm.data import tokenizers
 from latentlm.metrics import brier
 from latentlm.metrics import intervals
 from latentlm.sampling import concepts as concept_sampling
 from latentlm.sampling import tokens as token_sampling
+
+import helpers
 
 TOKENIZER = tokenizers.ByteTokenizer()
 ALPHABET = b'ab '
@@ -79,8 +82,8 @@ def _concept_run():
       tokenizer=TOKENIZER, pad_id=TOKENIZER.pad_id, chunk_len=K,
       unit_fn=functools.partial(segment.segment, kind='fixed', K=K,
                                 pad_id=TOKENIZER.pad_id),
-      autoencoder=types.SimpleNamespace(config=types.SimpleNamespace(
-          segment=types.SimpleNamespace(kind='fixed'))))
+      autoencoder=tasks.get_task(helpers.load_config('autoencoder',
+                                                     f'K={K}')))
   return types.SimpleNamespace(task=task, config=types.SimpleNamespace(
       task='concept_lm'), state=types.SimpleNamespace(params=None,
                                                       frozen=None))
@@ -159,6 +162,26 @@ def test_a_full_last_chunk_draws_nothing():
       sampler, np.zeros((1, 1, 2), np.int32), full_1xK, 2, None, 1.0)
   np.testing.assert_array_equal(chosen_BxRxK[0], [full_1xK[0]] * 2)
   assert new_ids == [[[], []]] and not fell_back_BxR.any()
+
+
+def test_a_short_last_unit_the_segmentation_ended_draws_nothing():
+  """Entropy units end where the byte LM says (autoencoder.Task.ends_unit):
+  such a unit is whole though shorter than K, and is never extended."""
+  sampler = FakeConceptSampler(_concept_run().task)
+  sampler.next_chunks = None
+  short_2xK = np.array([[ord('a'), TOKENIZER.pad_id]] * 2)
+  chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
+      sampler, np.zeros((2, 1, 2), np.int32), short_2xK, 2, None, 1.0,
+      whole_B=[True, True])
+  np.testing.assert_array_equal(chosen_BxRxK.reshape(-1, 2), [short_2xK[0]] * 4)
+  assert new_ids == [[[], []]] * 2 and not fell_back_BxR.any()
+
+
+def test_a_rule_segmentation_ends_a_unit_only_when_it_is_full():
+  task = _concept_run().task.autoencoder  # fixed chunks of K=2
+  assert task.ends_unit(np.frombuffer(b'to', np.uint8))
+  assert not task.ends_unit(np.frombuffer(b'to b', np.uint8)[:3])
+  assert task.ends_unit(np.zeros(0, np.int32))
 
 
 # ---------------------------------------------------- intervals cover truth

@@ -159,9 +159,10 @@ def _unknown_solver(ae, lm):
      "'mse']"),
     (_unknown_task, "config.task='vq_lm' is not one of ('token_lm', "
                     "'autoencoder', 'concept_lm', 'head_distill')"),
-    (_unknown_segmentation, "segmentation 'syllables'; it knows ['fixed', "
-                            "'sentences', 'words']"),
-    (_unknown_segmentation_upstream, "segmentation 'syllables'"),
+    (_unknown_segmentation, "segmentation kind='syllables' is not one of "
+                            "['entropy', 'fixed', 'sentences', 'word', "
+                            "'words']"),
+    (_unknown_segmentation_upstream, "segmentation kind='syllables'"),
     (_unknown_solver, "flow solver 'rk4'; it knows ['ab2', 'euler', 'heun']"),
 ])
 def test_what_the_count_does_not_know_is_a_user_error(make_call, message):

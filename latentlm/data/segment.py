@@ -63,12 +63,12 @@ def segment(tokens_N: np.ndarray, kind: str, K: int, pad_id: int,
     starts_M = _pieces(np.flatnonzero(_word_start_mask(tokens_N, eos_id)), n, K)
   else:
     word_starts_W = np.flatnonzero(_word_start_mask(tokens_N, eos_id))
-    forced_F = np.flatnonzero(_eos_boundary_mask(tokens_N, eos_id))
+    forced_F = np.flatnonzero(eos_edges(tokens_N, eos_id))
     if kind == 'sentences':
       forced_F = np.union1d(forced_F,
                             _sentence_starts(tokens_N, word_starts_W))
     starts_M = _pack(_pieces(word_starts_W, n, K), forced_F, n, K)
-  return _gather(tokens_N, starts_M, K, pad_id)
+  return gather(tokens_N, starts_M, K, pad_id)
 
 
 def join(chunks_MxK: np.ndarray, pad_id: int) -> np.ndarray:
@@ -96,18 +96,19 @@ def _shifted_right(mask_N: np.ndarray) -> np.ndarray:
   return np.concatenate([[False], mask_N[:-1]])
 
 
-def _eos_boundary_mask(tokens_N, eos_id) -> np.ndarray:
-  """Where a chunk must start: position 0, at each EOS and right after it."""
-  eos_N = tokens_N == eos_id
+def eos_edges(tokens_N, eos_id) -> np.ndarray:
+  """Where a chunk must start, whatever the kind: position 0, at each EOS
+  and right after it."""
+  eos_N = np.asarray(tokens_N) == eos_id
   forced_N = eos_N | _shifted_right(eos_N)
-  forced_N[0] = True
+  forced_N[:1] = True
   return forced_N
 
 
 def _word_start_mask(tokens_N, eos_id) -> np.ndarray:
   """True where a word starts: non-whitespace after whitespace, or EOS edges."""
   space_N = np.isin(tokens_N, WHITESPACE)
-  return (_shifted_right(space_N) & ~space_N) | _eos_boundary_mask(
+  return (_shifted_right(space_N) & ~space_N) | eos_edges(
       tokens_N, eos_id)
 
 
@@ -161,8 +162,9 @@ def _pack(piece_starts_P, forced_F, n, K) -> np.ndarray:
   return piece_starts_P[np.asarray(chunk_pieces, np.int64)]
 
 
-def _gather(tokens_N, starts_M, K, pad_id) -> np.ndarray:
-  """[M, K] chunks: tokens from each start up to the next, then pads."""
+def gather(tokens_N, starts_M, K, pad_id) -> np.ndarray:
+  """[M, K] chunks: tokens from each start up to the next (at most K
+  apart), then pads."""
   n = len(tokens_N)
   lengths_M = np.diff(np.append(starts_M, n))
   offsets_K = np.arange(K)

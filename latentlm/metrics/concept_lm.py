@@ -73,5 +73,7 @@ def concept_lm_metrics(run, batches, seed: int = 0) -> dict:
       for name, value in batch_counts.items():
         counts[name] += float(value)
   num_concepts = max(counts['num_concepts'], 1.0)
+  # Mean bytes of text a concept stands for: K for fixed chunks, the mean
+  # unit length for word and entropy units.
   return dict({name: value / num_concepts for name, value in totals.items()},
-              **counts)
+              bytes_per_concept=counts['num_bytes'] / num_concepts, **counts)

@@ -68,6 +68,8 @@ def reconstruction_metrics(run, batches, seed: int = 0) -> dict:
     metrics[f'chunk_exact{suffix}'] = (total.get('chunks_exact', 0) /
                                        max(total.get('num_chunks', 0), 1))
   metrics['num_bytes'] = totals[0].get('num_tokens', 0)
+  metrics['bytes_per_concept'] = (metrics['num_bytes'] /
+                                  max(totals[0].get('num_chunks', 0), 1))
   return metrics
 
 

@@ -266,7 +266,8 @@ def power_of_two_at_least(n: int) -> int:
 
 
 def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
-                      rng, temperature, max_draws: int = MAX_COMPLETION_DRAWS):
+                      rng, temperature, max_draws: int = MAX_COMPLETION_DRAWS,
+                      whole_B=None):
   """Completes each context's partial last chunk, num_rows times.
 
   The text so far ends in `partial_BxK[b]` (a chunk with room left): the
@@ -279,7 +280,9 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
   new text), and says so: the caller counts it.
 
   Returns (chosen_BxRxK, new_ids [B][R] token ids after the partial text,
-  fell_back_BxR). A full last chunk draws nothing.
+  fell_back_BxR). A whole last chunk draws nothing: one of K tokens, or
+  one `whole_B` marks (a unit whose end the segmentation has decided,
+  autoencoder.Task.ends_unit).
   """
   task = sampler.task
   pad_id, eos_id = task.pad_id, task.tokenizer.eos_id
@@ -287,9 +290,10 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
   partials = [chunk_tokens(p_K, pad_id, eos_id)[0] for p_K in partial_BxK]
   chosen = [[p_K] * num_rows for p_K in partial_BxK]
   new_ids = [[[] for _ in range(num_rows)] for _ in range(B)]
-  # A full chunk has no room to grow: the chunk after it is unconstrained.
-  filled_B = np.array([0 if len(ids) < len(p_K) else num_rows
-                       for ids, p_K in zip(partials, partial_BxK)])
+  # A whole chunk does not grow: the chunk after it is unconstrained.
+  if whole_B is None:
+    whole_B = [len(ids) == len(p_K) for ids, p_K in zip(partials, partial_BxK)]
+  filled_B = np.where(np.asarray(whole_B, bool), num_rows, 0)
   drawn_B = np.zeros(B, np.int64)
   for round_index in itertools.count():
     open_O = np.flatnonzero((filled_B < num_rows) & (drawn_B < max_draws))

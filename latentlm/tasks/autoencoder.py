@@ -34,12 +34,15 @@ import optax
 from latentlm.core import config_lib
 from latentlm.core import sharding
 from latentlm.core.errors import UserError
+from latentlm.core import workdir as workdir_lib
+from latentlm.data import entropy
 from latentlm.data import segment
 from latentlm.data import tokenizers
 from latentlm.metrics import reconstruction
 from latentlm.models import concept
 from latentlm.tasks import base
 from latentlm.tasks import flops
+from latentlm.tasks import token_lm
 
 
 def kl_with_free_bits(mean_NxZ, logstd_NxZ, weights_N, free_bits: float):
@@ -84,6 +87,10 @@ def perturb_latent(z_NxZ, rng, noise_std: float, dropout: float):
   return z_NxZ
 
 
+ENTROPY = 'entropy'  # units cut by a byte LM's entropy (data/entropy.py)
+SEGMENTATIONS = segment.KINDS + (ENTROPY,)
+
+
 class Task(base.Task):
   """Trains the concept encoder and decoder as a VAE over chunks."""
 
@@ -105,11 +112,65 @@ class Task(base.Task):
     self.unit_shape = (K,)
     self.row_len = config.data.seq_len
     self.row_overlap = 0  # chunks are independent: rows share none
+    if config.segment.kind == ENTROPY:
+      stage = self.stages[ENTROPY]
+      if stage.config.data.tokenizer != 'bytes':
+        raise UserError('the entropy model must be a token LM over bytes '
+                        '(data.tokenizer=bytes), not '
+                        f'{stage.config.data.tokenizer!r}')
+      byte_lm = token_lm.Task(stage.config)
+      self.unit_fn = entropy.EntropyUnits(
+          byte_lm.model, byte_lm.model_config.max_len, stage.weights,
+          stage.config.data, K=K, mean_bytes=config.segment.mean_bytes,
+          pad_id=self.pad_id, eos_id=self.tokenizer.eos_id)
+      return
     segment.segment(np.zeros(0, np.int32), config.segment.kind, K,
                     self.pad_id)  # a bad kind or K fails here, not in grain
     # A partial of a module function pickles, for grain worker processes.
     self.unit_fn = functools.partial(segment.segment, kind=config.segment.kind,
                                      K=K, pad_id=self.pad_id)
+
+  def ends_unit(self, tokens_N) -> bool:
+    """Whether a text (token ids) ends where a unit ends, so that what
+    follows starts a new unit: its last unit is K long, or, for entropy
+    units, the byte LM finds the next byte hard to predict. Otherwise the
+    last unit may still grow (BrierLM completes it, brier.py)."""
+    if self.config.segment.kind == ENTROPY:
+      return self.unit_fn.ends_unit(tokens_N)
+    units_MxK = self.unit_fn(np.asarray(tokens_N, np.int32))
+    return not len(units_MxK) or bool(
+        (units_MxK[-1] != self.pad_id).all())
+
+  @classmethod
+  def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
+    """'entropy' for entropy units: the byte LM that
+    config.segment.entropy_workdir names. None for the other kinds."""
+    config_lib.choose('segmentation kind', config.segment.kind,
+                      SEGMENTATIONS)
+    if config.segment.kind != ENTROPY:
+      return {}
+    given = given or {}
+    if ENTROPY in given:
+      return {ENTROPY: base.Stage(given[ENTROPY])}
+    path = config.segment.entropy_workdir
+    return {ENTROPY: base.Stage(workdir_lib.load_stage_config(
+        path, 'segment.entropy_workdir', 'token_lm', 'a token LM',
+        'a byte token LM run whose entropies cut the units '
+        '(configs/autoencoder.py:segment=entropy)'), path)}
+
+  @classmethod
+  def stages_outside_checkpoint(cls, config, stages) -> tuple[str, ...]:
+    """Entropy units' byte LM: a run of its own, in no checkpoint here."""
+    del stages
+    return (ENTROPY,) if config.segment.kind == ENTROPY else ()
+
+  @classmethod
+  def upstream_flops(cls, config, stages) -> float:
+    """The entropy model's training, for entropy units."""
+    if ENTROPY not in stages:
+      return 0.0
+    return flops.all_in_flops(stages[ENTROPY],
+                              stages[ENTROPY].train.num_steps)
 
   def init(self, rng):
     """Boxed params; frozen latent statistics (set by `finalize`)."""
@@ -179,11 +240,13 @@ class Task(base.Task):
 
   @classmethod
   def train_flops_per_step(cls, config, stages) -> float:
-    """Encoder and decoder on every chunk the rows compute on."""
-    del stages
+    """Encoder and decoder on every chunk the rows compute on, and the
+    entropy model on the text the chunks hold, for entropy units."""
     chunks = config.train.batch_size * flops.row_chunks(config,
                                                         config.data.seq_len)
-    return chunks * flops.autoencoder_flops_per_chunk(config.model)['train']
+    return chunks * (
+        flops.autoencoder_flops_per_chunk(config.model)['train'] +
+        flops.segmentation_flops_per_chunk(config, stages.get(ENTROPY)))
 
   def finalize(self, trainer, state, make_train_data,
                num_batches: int = 8):

@@ -18,6 +18,7 @@ Required (a subclass that lacks one fails when it is called):
 Optional, each with a default that says what it means to leave it out:
   stages_of(config, given)            the runs the task builds on
   upstream_flops(config, stages)      their all-in training FLOPs
+  stages_outside_checkpoint(config, stages)   stages loading the run loads
   trainable(params)                   which params the optimizer changes
   finalize(trainer, state, make_train_data)   runs at the last step
   evaluation_metrics(run, batches)    latentlm.evaluate's metrics
@@ -103,6 +104,15 @@ class Task:
     `given` (name -> config). None by default."""
     del config, given
     return {}
+
+  @classmethod
+  def stages_outside_checkpoint(cls, config, stages) -> tuple[str, ...]:
+    """Stages (of `stages`, name -> Stage) whose weights the run needs but
+    its checkpoint does not hold, so that loading the run loads theirs
+    (runs.load). None by default: a concept LM keeps its stage 1 in its
+    frozen params."""
+    del config, stages
+    return ()
 
   @classmethod
   def upstream_flops(cls, config, stages) -> float:

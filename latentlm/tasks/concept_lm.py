@@ -41,6 +41,11 @@ def load_autoencoder_config(path: str):
       'a trained autoencoder workdir (configs/autoencoder.py)')
 
 
+def _configs(stages) -> dict:
+  """name -> config of `stages` (name -> Stage)."""
+  return {name: stage.config for name, stage in stages.items()}
+
+
 def replace_boxed(abstract, values):
   """`abstract` (boxed shapes, from jax.eval_shape) holding `values`: the
   logical axis names of the one, the numbers of the other."""
@@ -65,7 +70,12 @@ class Task(base.Task):
       raise UserError(
           f'config.data.tokenizer={config.data.tokenizer!r} differs from the '
           f'autoencoder\'s {autoencoder.config.data.tokenizer!r}')
-    self.autoencoder = tasks.get_task(autoencoder.config)
+    # Stage 1 on the stages it builds on (entropy units' byte LM), with
+    # the weights this task was handed.
+    ae_class = tasks.task_class(autoencoder.config)
+    ae_stages = ae_class.stages_of(autoencoder.config, _configs(self.stages))
+    self.autoencoder = ae_class(autoencoder.config, {
+        name: self.stages.get(name, stage) for name, stage in ae_stages.items()})
     self.tokenizer = tokenizers.get_tokenizer(config.data)
     self.pad_id = self.tokenizer.pad_id
     self.unit_fn = self.autoencoder.unit_fn  # the stage-1 segmentation
@@ -95,12 +105,25 @@ class Task(base.Task):
 
   @classmethod
   def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
-    """'autoencoder': the run config.autoencoder_workdir names."""
+    """'autoencoder': the run config.autoencoder_workdir names; and the
+    stages it builds on in turn (entropy units' byte LM)."""
     given = given or {}
     if 'autoencoder' in given:
-      return dict(autoencoder=base.Stage(given['autoencoder']))
-    path = config.autoencoder_workdir
-    return dict(autoencoder=base.Stage(load_autoencoder_config(path), path))
+      autoencoder = base.Stage(given['autoencoder'])
+    else:
+      path = config.autoencoder_workdir
+      autoencoder = base.Stage(load_autoencoder_config(path), path)
+    upstream = tasks.task_class(autoencoder.config).stages_of(
+        autoencoder.config, given)
+    return dict(upstream, autoencoder=autoencoder)
+
+  @classmethod
+  def stages_outside_checkpoint(cls, config, stages) -> tuple[str, ...]:
+    """Those of stage 1 (entropy units' byte LM): the frozen params hold
+    stage 1's weights, not theirs."""
+    autoencoder = stages['autoencoder'].config
+    return tasks.task_class(autoencoder).stages_outside_checkpoint(
+        autoencoder, stages)
 
   # --- frozen stage 1 -----------------------------------------------------
   def _init_frozen(self, rng):
@@ -223,13 +246,16 @@ class Task(base.Task):
     chunks = flops.row_chunks(autoencoder, config.data.seq_len + 1)
     trained = flops.concept_lm_flops_per_position(config, autoencoder)['train']
     encoder = flops.encoder_flops_per_chunk(autoencoder.model)['forward']
-    return B * ((chunks - 1) * trained + chunks * encoder)
+    segmentation = flops.segmentation_flops_per_chunk(autoencoder,
+                                                      stages.get('entropy'))
+    return B * ((chunks - 1) * trained + chunks * (encoder + segmentation))
 
   @classmethod
   def upstream_flops(cls, config, stages) -> float:
-    """Stage 1's training."""
+    """Stage 1's training, all in."""
     autoencoder = stages['autoencoder']
-    return flops.all_in_flops(autoencoder, autoencoder.train.num_steps)
+    return flops.all_in_flops(autoencoder, autoencoder.train.num_steps,
+                              entropy=stages.get('entropy'))
 
   # --- the tools ----------------------------------------------------------
   def evaluation_metrics(self, run, batches) -> dict:

@@ -178,7 +178,8 @@ def _padded_chunks(num_chunks: int) -> int:
 # segment.kind of a stage-1 config -> the chunks the models compute on in a
 # row of `num_chunks`.
 _SEGMENTATIONS = {'fixed': _padded_chunks, 'words': _padded_chunks,
-                  'sentences': _padded_chunks, 'word': _padded_chunks}
+                  'sentences': _padded_chunks, 'word': _padded_chunks,
+                  'entropy': _padded_chunks}
 
 
 def row_chunks(autoencoder, num_chunks: int) -> int:
@@ -186,6 +187,21 @@ def row_chunks(autoencoder, num_chunks: int) -> int:
   segmentation."""
   kind = autoencoder.segment.kind
   return _known(_SEGMENTATIONS, kind, 'segmentation')(num_chunks)
+
+
+def segmentation_flops_per_chunk(autoencoder, entropy_model=None) -> float:
+  """FLOPs of cutting one chunk's text into units: none for the rule-based
+  kinds; for entropy units (data/entropy.py) the byte LM `entropy_model`
+  (a token LM config) on each of the chunk's mean_bytes, twice, since its
+  windows overlap by half."""
+  if autoencoder.segment.kind != 'entropy':
+    return 0.0
+  if entropy_model is None:
+    raise UserError('entropy units need their entropy model\'s config to be '
+                    'counted (config.segment.entropy_workdir)')
+  model = entropy_model.model
+  per_byte = token_lm_flops_per_token(model, model.max_len)['forward']
+  return 2 * autoencoder.segment.mean_bytes * per_byte
 
 
 # --- generative heads ------------------------------------------------------
@@ -282,19 +298,21 @@ def head_distill_flops_per_position(config, teacher_head, autoencoder):
 
 
 # --- a run's step and the stages it builds on -----------------------------
-def _task_stages(config, autoencoder, teacher):
+def _task_stages(config, autoencoder, teacher, entropy=None):
   """The Task class of `config` and its stages' configs (name -> config):
-  `autoencoder` and `teacher` where given, else those of the workdirs the
-  config names."""
+  `autoencoder`, `teacher` and `entropy` (entropy units' byte LM) where
+  given, else those of the workdirs the config names."""
   cls = tasks.task_class(config)
   given = {name: stage for name, stage in
-           dict(autoencoder=autoencoder, teacher=teacher).items()
+           dict(autoencoder=autoencoder, teacher=teacher,
+                entropy=entropy).items()
            if stage is not None}
   return cls, {name: stage.config
                for name, stage in cls.stages_of(config, given).items()}
 
 
-def train_flops_per_step(config, autoencoder=None, teacher=None) -> float:
+def train_flops_per_step(config, autoencoder=None, teacher=None,
+                         entropy=None) -> float:
   """Model FLOPs of one optimizer step of `config` (all devices together):
   everything the step runs, frozen stage-1 encoder and auxiliary heads
   included. A concept LM's stage-1 config is `autoencoder`, a distilled
@@ -304,23 +322,25 @@ def train_flops_per_step(config, autoencoder=None, teacher=None) -> float:
   Uses `config.model.vocab_size`; a tokenizer with another vocabulary size
   must be reflected there for the output terms to be right.
   """
-  cls, stages = _task_stages(config, autoencoder, teacher)
+  cls, stages = _task_stages(config, autoencoder, teacher, entropy)
   return float(cls.train_flops_per_step(config, stages))
 
 
-def upstream_flops(config, autoencoder=None, teacher=None) -> float:
+def upstream_flops(config, autoencoder=None, teacher=None,
+                   entropy=None) -> float:
   """All-in training FLOPs of the stages `config` builds on, from their
   configs (so a budget can be set before anything trains): a concept LM's
   stage 1; a distilled head's teacher, stage 1 included; 0 for the rest."""
-  cls, stages = _task_stages(config, autoencoder, teacher)
+  cls, stages = _task_stages(config, autoencoder, teacher, entropy)
   return float(cls.upstream_flops(config, stages))
 
 
-def all_in_flops(config, step: int, autoencoder=None, teacher=None) -> float:
+def all_in_flops(config, step: int, autoencoder=None, teacher=None,
+                 entropy=None) -> float:
   """Training FLOPs of `config` after `step` steps, every stage it builds
   on included: what an equal-FLOPs comparison charges a run."""
-  return upstream_flops(config, autoencoder, teacher) + (
-      step * train_flops_per_step(config, autoencoder, teacher))
+  return upstream_flops(config, autoencoder, teacher, entropy) + (
+      step * train_flops_per_step(config, autoencoder, teacher, entropy))
 
 
 def pipeline_flops(config) -> float:
@@ -329,7 +349,7 @@ def pipeline_flops(config) -> float:
   stages = config.stages
   last = stages[pipeline.last_stage(config)]
   return all_in_flops(last, last.train.num_steps, stages.autoencoder,
-                      stages.concept_lm)
+                      stages.concept_lm, stages.get('entropy'))
 
 
 def mfu(flops_per_step: float, step_time_s: float,

@@ -12,13 +12,16 @@ import os
 from latentlm.core.errors import UserError
 
 NAME = 'pipeline'
-# In order; config.stages.*. The first two are required; head_distill, when
-# the config has it, distils stage 2's flow head into one that samples in
-# fewer passes, and the pipeline samples from it.
-STAGES = ('autoencoder', 'concept_lm', 'head_distill')
-_REQUIRED_STAGES = STAGES[:2]
-# stage -> its config's workdir fields, each set to the earlier stage named.
+# In order; config.stages.*. autoencoder and concept_lm are required.
+# entropy, when the config has it, is the byte LM whose entropies cut stage
+# 1's units (data/entropy.py); head_distill distils stage 2's flow head into
+# one that samples in fewer passes, and the pipeline samples from it.
+STAGES = ('entropy', 'autoencoder', 'concept_lm', 'head_distill')
+_REQUIRED_STAGES = ('autoencoder', 'concept_lm')
+# stage -> its config's workdir fields (dotted), each set to the earlier
+# stage named, when the pipeline has that stage.
 _STAGE_INPUTS = {
+    'autoencoder': {'segment.entropy_workdir': 'entropy'},
     'concept_lm': {'autoencoder_workdir': 'autoencoder'},
     'head_distill': {'autoencoder_workdir': 'autoencoder',
                      'teacher_workdir': 'concept_lm'},
@@ -46,7 +49,12 @@ def stage_config(config, name: str, pipeline_path: str):
   """Stage `name`'s config, on the earlier stages' workdirs."""
   stage = config.stages[name].copy_and_resolve_references()
   for field, earlier in _STAGE_INPUTS.get(name, {}).items():
-    stage[field] = stage_path(pipeline_path, earlier)
+    if earlier in config.stages:
+      *parents, leaf = field.split('.')
+      holder = stage
+      for parent in parents:
+        holder = holder[parent]
+      holder[leaf] = stage_path(pipeline_path, earlier)
   return stage
 
 

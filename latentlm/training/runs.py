@@ -49,7 +49,7 @@ def load(workdir_path: str, devices=None) -> Run:
     config.mesh = ml_collections.ConfigDict(
         dict(data=len(devices), fsdp=1, tensor=1))
   try:
-    task = tasks.get_task(config)
+    task = _restored_task(config)
     mesh = sharding.make_mesh(config.mesh, devices)
     trainer = trainer_lib.Trainer(config, task, mesh)
   except (AttributeError, KeyError) as e:  # a field this version reads
@@ -70,6 +70,18 @@ def stage_weights(workdir_path: str) -> dict:
   """The trained params and frozen params of a workdir, as host arrays."""
   state = load(workdir_path).state
   return jax.device_get(dict(params=state.params, frozen=state.frozen))
+
+
+def _restored_task(config):
+  """The Task of a run being restored: its checkpoint holds its own
+  weights; the stages it needs and does not hold are loaded here."""
+  cls = tasks.task_class(config)
+  stages = cls.stages_of(config)
+  outside = cls.stages_outside_checkpoint(
+      config, {name: stage for name, stage in stages.items()})
+  return cls(config, {
+      name: stage._replace(weights=stage_weights(stage.path))
+      if name in outside else stage for name, stage in stages.items()})
 
 
 def build_task(config):
