@@ -193,11 +193,12 @@ def verdict(outcomes_by_budget: dict) -> str:
   return 'not resolved'
 
 
-def decide(rows: list[dict]) -> dict:
-  """The rule of configs/paper/scaling.py on the plays' rows."""
+def decide(rows: list[dict], eval_data: str = PLAYS) -> dict:
+  """The rule of configs/paper/scaling.py on the rows of `eval_data` (the
+  plays decide; the prose is reported beside them)."""
   by_budget = {}
   for row in rows:
-    if row['eval_data'] == PLAYS and row['budget_flops'] is not None:
+    if row['eval_data'] == eval_data and row['budget_flops'] is not None:
       by_budget.setdefault(row['budget_flops'], {})[row['family']] = row
   result = {}
   for metric in DECIDING:
@@ -255,6 +256,7 @@ def plot(rows: list[dict], path: str, eval_data: str = PLAYS):
   """BrierLM and Brier-1 against all-in FLOPs: a line and an interval band
   per family, the n-gram ladder as dashed horizontal lines."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -275,6 +277,8 @@ def plot(rows: list[dict], path: str, eval_data: str = PLAYS):
       ax.axhline(ref[metric], linestyle='--', color=f'C{4 + j}', alpha=0.7,
                  label=ref['family'])
     ax.set_xscale('log')
+    ax.set_xticks(scaling.BUDGETS, [budget_text(b) for b in scaling.BUDGETS])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel='all-in training FLOPs', ylabel=label,
            title=f'{label}, Shakespeare test plays' if eval_data == PLAYS
            else f'{label}, {os.path.basename(eval_data)}')
@@ -337,6 +341,10 @@ def main(argv=None):
     print(f'verdict: {decision["verdict"]} (by {decision["deciding_metric"]}; '
           f'BrierLM alone: {decision["brier_lm"]["verdict"]})\n')
     print(decision_table(decision) + '\n')
+    prose = decide([r for r in rows if 'brier_terms' in r], PROSE)
+    print(f'the same rule on {PROSE} (not part of the verdict): '
+          f'{prose["verdict"]} (by {prose["deciding_metric"]})\n')
+    print(decision_table(prose) + '\n')
     for data in (PLAYS, PROSE):
       print(f'{data}:\n\n' + results_table(public, data) + '\n')
   except UserError as e:
