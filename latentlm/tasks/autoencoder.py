@@ -33,8 +33,8 @@ import optax
 
 from latentlm.core import config_lib
 from latentlm.core import sharding
-from latentlm.core.errors import UserError
 from latentlm.core import workdir as workdir_lib
+from latentlm.core.errors import UserError
 from latentlm.data import entropy
 from latentlm.data import segment
 from latentlm.data import tokenizers
