@@ -16,8 +16,8 @@ Args: K (16, the longest unit), mean_bytes (4.5), head (flow), size (tiny,
 the concept LM's), Dz (32).
 """
 
-from latentlm import sampling
 from latentlm.core import config_lib
+from latentlm.tasks import pipeline
 
 from configs import autoencoder as autoencoder_config
 from configs import concept_lm as concept_lm_config
@@ -53,10 +53,5 @@ def get_config(arg=None):
   lm = concept_lm_config.get_config(f'head={args.head},size={args.size}')
   lm.token_loss_weight = 1.0
   c.stages.concept_lm = lm
-  c.samples = config_lib.ConfigDict()
-  c.samples.prompt = ''
-  c.samples.num_samples = 3
-  c.samples.temperature = sampling.TEMPERATURE
-  c.samples.num_candidates = 1
-  c.samples.max_bytes = sampling.MAX_BYTES
+  c.samples = pipeline.samples_config()
   return c

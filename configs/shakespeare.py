@@ -21,8 +21,8 @@ configs/concept_lm.py), K (2 bytes per concept) and Dz (32) of the
 autoencoder (configs/autoencoder.py), distill (True: the third stage).
 """
 
-from latentlm import sampling
 from latentlm.core import config_lib
+from latentlm.tasks import pipeline
 
 from configs import autoencoder as autoencoder_config
 from configs import concept_lm as concept_lm_config
@@ -81,13 +81,7 @@ def get_config(arg=None):
     c.stages.head_distill.distill.update(temperature_min=TEMPERATURE,
                                          temperature_max=TEMPERATURE)
 
-  c.samples = config_lib.ConfigDict()
-  c.samples.prompt = ''
-  c.samples.num_samples = 3
-  # The head's own temperature (num_candidates=1; latentlm/sampling/concepts.py
-  # says what it means for each head). Lower sharpens a flow head's samples
-  # and is paid for in repeats; 0 falls into loops (docs/results/main_job.md).
-  c.samples.temperature = TEMPERATURE
-  c.samples.num_candidates = 1
-  c.samples.max_bytes = sampling.MAX_BYTES
+  # Lower temperature sharpens a flow head's samples and is paid for in
+  # repeats; 0 falls into loops (docs/results/main_job.md).
+  c.samples = pipeline.samples_config(TEMPERATURE)
   return c

@@ -39,6 +39,20 @@ def tiny_token_lm(data_dir: str, **train):
   return config
 
 
+def pipeline_stage_flags(stage: str, data_dir: str,
+                         num_steps: int) -> list[str]:
+  """--config.stages.STAGE flags that shrink one stage of a pipeline
+  config to `num_steps`, evaluated and checkpointed once, at the end."""
+  prefix = f'--config.stages.{stage}'
+  return [f'{prefix}.data.data_dir={data_dir}',
+          f'{prefix}.train.num_steps={num_steps}',
+          f'{prefix}.train.log_every=1',
+          f'{prefix}.train.eval_every={num_steps}',
+          f'{prefix}.train.eval_batches=1',
+          f'{prefix}.train.checkpoint_every={num_steps}',
+          f'{prefix}.train.progress_bar=False']
+
+
 def subprocess_env() -> dict:
   """The environment of a latentlm command a test starts: 1 CPU device."""
   return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags())

@@ -140,17 +140,6 @@ def test_only_a_byte_token_lm_is_an_entropy_model(tmp_path):
     tasks.get_task(autoencoder)
 
 
-def _stage_flags(stage: str, data_dir: str, num_steps: int) -> list[str]:
-  prefix = f'--config.stages.{stage}'
-  return [f'{prefix}.data.data_dir={data_dir}',
-          f'{prefix}.train.num_steps={num_steps}',
-          f'{prefix}.train.log_every=1',
-          f'{prefix}.train.eval_every={num_steps}',
-          f'{prefix}.train.eval_batches=1',
-          f'{prefix}.train.checkpoint_every={num_steps}',
-          f'{prefix}.train.progress_bar=False']
-
-
 @pytest.mark.slow  # three stages, each its own process
 def test_a_pipeline_on_entropy_units_counts_its_byte_lm_and_reports_units(
     tmp_path):
@@ -160,9 +149,9 @@ def test_a_pipeline_on_entropy_units_counts_its_byte_lm_and_reports_units(
   data_dir, workdir = str(tmp_path / 'tfds'), str(tmp_path / 'units')
   args = ['--config=configs/entropy_units.py:size=nano,K=8,mean_bytes=3',
           f'--workdir={workdir}',
-          *_stage_flags('entropy', data_dir, 2),
-          *_stage_flags('autoencoder', data_dir, 2),
-          *_stage_flags('concept_lm', data_dir, 2),
+          *helpers.pipeline_stage_flags('entropy', data_dir, 2),
+          *helpers.pipeline_stage_flags('autoencoder', data_dir, 2),
+          *helpers.pipeline_stage_flags('concept_lm', data_dir, 2),
           '--config.samples.max_bytes=16']
   result = helpers.run_module('train', *args, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -10,23 +10,12 @@ from latentlm.core.errors import UserError
 from latentlm.training import runs
 
 
-def _stage_flags(stage: str, data_dir: str, num_steps: int) -> list[str]:
-  prefix = f'--config.stages.{stage}'
-  return [f'{prefix}.data.data_dir={data_dir}',
-          f'{prefix}.train.num_steps={num_steps}',
-          f'{prefix}.train.log_every=1',
-          f'{prefix}.train.eval_every={num_steps}',
-          f'{prefix}.train.eval_batches=1',
-          f'{prefix}.train.checkpoint_every={num_steps}',
-          f'{prefix}.train.progress_bar=False']
-
-
 def test_main_job_trains_three_stages_then_samples_and_resumes(tmp_path):
   data_dir, workdir = str(tmp_path / 'tfds'), str(tmp_path / 'bard')
   args = ['--config=configs/shakespeare.py:size=nano', f'--workdir={workdir}',
-          *_stage_flags('autoencoder', data_dir, 3),
-          *_stage_flags('concept_lm', data_dir, 3),
-          *_stage_flags('head_distill', data_dir, 2),
+          *helpers.pipeline_stage_flags('autoencoder', data_dir, 3),
+          *helpers.pipeline_stage_flags('concept_lm', data_dir, 3),
+          *helpers.pipeline_stage_flags('head_distill', data_dir, 2),
           '--config.samples.max_bytes=24']
   first = helpers.run_module('train', *args, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]

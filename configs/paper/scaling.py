@@ -57,9 +57,9 @@ docs/results/scaling.md.
 Args: family (flow), budget (5e12 all-in FLOPs).
 """
 
-from latentlm import sampling
 from latentlm.core import config_lib
 from latentlm.core.errors import UserError
+from latentlm.tasks import pipeline
 
 from configs.paper import study
 from configs.paper import token_baseline
@@ -84,12 +84,7 @@ def concept_pipeline(head: str, budget_flops: float):
   c.stages.autoencoder = ae
   c.stages.concept_lm = lm
   # A few samples at the end, as every run shows; nothing measures them.
-  c.samples = config_lib.ConfigDict()
-  c.samples.prompt = ''
-  c.samples.num_samples = 3
-  c.samples.temperature = sampling.TEMPERATURE
-  c.samples.num_candidates = 1
-  c.samples.max_bytes = sampling.MAX_BYTES
+  c.samples = pipeline.samples_config()
   return c
 
 

@@ -9,6 +9,8 @@ directories, and `runs.load` takes DIR as its last stage. It is not a Task
 
 import os
 
+from latentlm import sampling
+from latentlm.core import config_lib
 from latentlm.core.errors import UserError
 
 NAME = 'pipeline'
@@ -61,3 +63,13 @@ def stage_config(config, name: str, pipeline_path: str):
 def last_stage(config) -> str:
   """The stage a pipeline samples from (and that stands for it)."""
   return stage_names(config)[-1]
+
+
+def samples_config(temperature: float = sampling.TEMPERATURE):
+  """config.samples: what a pipeline samples when every stage has trained,
+  three unconditional samples at the head's `temperature` (num_candidates=1;
+  latentlm/sampling/concepts.py says what the temperature means for each
+  head)."""
+  return config_lib.ConfigDict(dict(
+      prompt='', num_samples=3, temperature=temperature, num_candidates=1,
+      max_bytes=sampling.MAX_BYTES))
