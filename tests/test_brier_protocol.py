@@ -179,9 +179,9 @@ def test_a_short_last_unit_the_segmentation_ended_draws_nothing():
 
 def test_a_rule_segmentation_ends_a_unit_only_when_it_is_full():
   task = _concept_run().task.autoencoder  # fixed chunks of K=2
-  assert task.ends_unit(np.frombuffer(b'to', np.uint8))
-  assert not task.ends_unit(np.frombuffer(b'to b', np.uint8)[:3])
-  assert task.ends_unit(np.zeros(0, np.int32))
+  to_b = np.frombuffer(b'to b', np.uint8)
+  assert task.ends_unit(to_b[:2], to_b[:2])
+  assert not task.ends_unit(to_b[:3], np.array([ord(' '), TOKENIZER.pad_id]))
 
 
 # ---------------------------------------------------- intervals cover truth

@@ -73,6 +73,16 @@ def test_a_prefix_has_the_units_of_the_whole_up_to_its_end(document,
   assert prefix.tolist() == [s for s in whole.tolist() if s < cut]
 
 
+def test_nothing_or_eos_before_a_byte_makes_it_start_a_unit():
+  """Decided without the byte LM (there is none here to ask)."""
+  units = entropy.EntropyUnits(None, 16, None, None, K=8, mean_bytes=3.0,
+                               pad_id=PAD, eos_id=EOS)
+  assert units.starts_unit_after(np.zeros(0, np.int32))
+  assert units.starts_unit_after(np.array([ord('a'), EOS], np.int32))
+  with pytest.raises(UserError, match='built from configs alone'):
+    units.starts_unit_after(np.array([ord('a')], np.int32))
+
+
 def test_the_threshold_sets_the_mean_unit_length():
   rng = np.random.default_rng(0)
   tokens = [rng.integers(0, 256, n).astype(np.int32) for n in (500, 800)]

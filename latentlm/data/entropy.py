@@ -211,15 +211,13 @@ class EntropyUnits:
                               self.threshold(), self.K, self.pad_id,
                               self.eos_id)
 
-  def ends_unit(self, tokens_N: np.ndarray) -> bool:
-    """Whether the text `tokens_N` ends at a unit's end: the byte LM finds
-    the byte after it hard to predict, or its last unit is K long. Decided
-    by the text alone, as every boundary is."""
+  def starts_unit_after(self, tokens_N: np.ndarray) -> bool:
+    """Whether the byte after the text `tokens_N` starts a unit whatever it
+    is: the byte LM finds it hard to predict, or the text ends in EOS.
+    Decided by the text alone, as every boundary is (the K cap is the
+    caller's: it needs the last unit's length)."""
     tokens_N = np.asarray(tokens_N, np.int32)
-    if not len(tokens_N):
+    if not len(tokens_N) or tokens_N[-1] == self.eos_id:
       return True
     next_entropy = self.model()(np.append(tokens_N, 0))[-1]
-    last_K = self(tokens_N)[-1]
-    return bool(next_entropy > self.threshold() or
-                (last_K != self.pad_id).sum() == self.K or
-                tokens_N[-1] == self.eos_id)
+    return bool(next_entropy > self.threshold())

@@ -261,7 +261,8 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
     batch_rng = jax.random.fold_in(rng, batch[0])
     partial_rng, stream_rng = jax.random.split(batch_rng)
     chunks_BxLxK = np.stack([chunks[i] for i in padded])
-    whole_B = [task.autoencoder.ends_unit(segment.join(c_LxK, task.pad_id))
+    whole_B = [task.autoencoder.ends_unit(segment.join(c_LxK, task.pad_id),
+                                          c_LxK[-1])
                for c_LxK in chunks_BxLxK]
     chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
         sampler, chunks_BxLxK[:, :-1], chunks_BxLxK[:, -1], 2, partial_rng,

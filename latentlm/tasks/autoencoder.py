@@ -130,16 +130,16 @@ class Task(base.Task):
     self.unit_fn = functools.partial(segment.segment, kind=config.segment.kind,
                                      K=K, pad_id=self.pad_id)
 
-  def ends_unit(self, tokens_N) -> bool:
-    """Whether a text (token ids) ends where a unit ends, so that what
-    follows starts a new unit: its last unit is K long, or, for entropy
-    units, the byte LM finds the next byte hard to predict. Otherwise the
-    last unit may still grow (BrierLM completes it, brier.py)."""
-    if self.config.segment.kind == ENTROPY:
-      return self.unit_fn.ends_unit(tokens_N)
-    units_MxK = self.unit_fn(np.asarray(tokens_N, np.int32))
-    return not len(units_MxK) or bool(
-        (units_MxK[-1] != self.pad_id).all())
+  def ends_unit(self, tokens_N, last_K) -> bool:
+    """Whether a text (token ids), whose last unit is `last_K`, ends where
+    a unit ends, so that what follows starts a new unit: that unit is K
+    long, or, for entropy units, the byte LM finds the next byte hard to
+    predict. Otherwise the last unit may still grow (BrierLM completes it,
+    brier.py)."""
+    if (np.asarray(last_K) != self.pad_id).all():
+      return True
+    return (self.config.segment.kind == ENTROPY and
+            self.unit_fn.starts_unit_after(tokens_N))
 
   @classmethod
   def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
