@@ -59,6 +59,12 @@ def budget_text(budget: float) -> str:
   return f'{budget:g}'.replace('e+', 'e')
 
 
+def brier_fields(record: dict) -> dict:
+  """Brier-1..4 and BrierLM of a BrierLM record, each with its interval."""
+  return {f'{m}{end}': record[f'{m}{end}'] for m in METRICS
+          for end in ('', '_ci_low', '_ci_high')}
+
+
 def run_name(family: str, budget: float) -> str:
   """launch/sweep.py's name for the run (its two axes)."""
   return f'budget-{budget_text(budget)}_family-{family}'
@@ -108,8 +114,7 @@ def run_row(path: str, family: str, budget: float, eval_data: str = PLAYS,
       steps=trained[-1]['step'],
       bits_per_byte=(default or {}).get('bits_per_byte')
       if family in scaling.TOKEN_FAMILIES else None,
-      **{f'{m}{end}': brier[f'{m}{end}'] for m in METRICS
-         for end in ('', '_ci_low', '_ci_high')},
+      **brier_fields(brier),
       num_positions=brier['num_positions'],
       partial_fallback_rate=brier.get('partial_fallback_rate'),
       eval_data=eval_data, commit=commit or _head(),
@@ -134,8 +139,7 @@ def ngram_rows(directory: str, commit: str) -> list[dict]:
       rows.append(dict(
           name=name, family=name, budget_flops=None, flops_all_in=None,
           params=None, steps=None, bits_per_byte=default.get('bits_per_byte'),
-          **{f'{m}{end}': brier[f'{m}{end}'] for m in METRICS
-             for end in ('', '_ci_low', '_ci_high')},
+          **brier_fields(brier),
           num_positions=brier['num_positions'], partial_fallback_rate=None,
           eval_data=data, commit=commit,
           command=(f'python -m latentlm.ngram --config=configs/token_lm.py '
@@ -298,7 +302,7 @@ def study_rows(root: str, commit: str) -> list[dict]:
         try:
           rows.append(run_row(path, family, budget, data, commit,
                               with_terms=True))
-        except (UserError, OSError, ValueError):
+        except UserError:
           continue  # not trained or not evaluated yet: left out
   return rows
 

@@ -77,8 +77,7 @@ def _restored_task(config):
   weights; the stages it needs and does not hold are loaded here."""
   cls = tasks.task_class(config)
   stages = cls.stages_of(config)
-  outside = cls.stages_outside_checkpoint(
-      config, {name: stage for name, stage in stages.items()})
+  outside = cls.stages_outside_checkpoint(config, stages)
   return cls(config, {
       name: stage._replace(weights=stage_weights(stage.path))
       if name in outside else stage for name, stage in stages.items()})
