@@ -67,6 +67,15 @@ def test_the_scaling_study_meets_every_budget_all_in():
       if family in scaling.TOKEN_FAMILIES:
         spent = budget.budget_flops_of(c)
         assert c.task == 'token_lm'
+      elif family in scaling.UNIT_FAMILIES:
+        # The flow family's recipe on units of meaning; entropy units' byte
+        # LM is a stage of the pipeline and counts.
+        assert c.task == 'pipeline' and c.stages.concept_lm.head.name == 'flow'
+        ae = c.stages.autoencoder
+        assert ae.segment.kind == scaling.UNIT_FAMILIES[family]
+        assert ae.train.num_steps == _module('study').AUTOENCODER_STEPS
+        assert ('entropy' in c.stages) == (family == 'entropy')
+        spent = flops.pipeline_flops(c)
       else:
         # A pipeline whose stage 1 is the other studies' and counts.
         assert c.task == 'pipeline'

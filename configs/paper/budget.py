@@ -21,25 +21,27 @@ from latentlm.tasks import flops
 CPU_BUDGET_FLOPS = 6e12
 
 
-def steps_for_budget(config, budget_flops: float, autoencoder=None) -> int:
+def steps_for_budget(config, budget_flops: float, autoencoder=None,
+                     entropy=None) -> int:
   """Optimizer steps of `config` whose all-in training FLOPs are closest to
-  `budget_flops` (a concept LM's stage-1 config is `autoencoder`): what its
-  upstream stages leave, over the FLOPs of one step."""
-  upstream = flops.upstream_flops(config, autoencoder)
+  `budget_flops` (a concept LM's stage-1 config is `autoencoder`, the byte LM
+  that cuts entropy units `entropy`): what its upstream stages leave, over
+  the FLOPs of one step."""
+  upstream = flops.upstream_flops(config, autoencoder, entropy=entropy)
   if upstream >= budget_flops:
     raise UserError(
         f'the stages a {config.task} run builds on take {upstream:.3g} '
         f'FLOPs, more than its budget of {budget_flops:.3g}: raise the budget '
         'or shorten them')
-  per_step = flops.train_flops_per_step(config, autoencoder)
+  per_step = flops.train_flops_per_step(config, autoencoder, entropy=entropy)
   return max(1, round((budget_flops - upstream) / per_step))
 
 
 def set_budget(config, budget_flops: float, autoencoder=None,
-               num_evals: int = 3):
+               num_evals: int = 3, entropy=None):
   """Sets num_steps for `budget_flops`, evaluating (and checkpointing)
   `num_evals` times along the way so the report can plot against FLOPs."""
-  steps = steps_for_budget(config, budget_flops, autoencoder)
+  steps = steps_for_budget(config, budget_flops, autoencoder, entropy)
   config.train.num_steps = steps
   # Rounded up, so the last evaluation is the final step's (the train loop
   # always evaluates and saves there) and not one more a few steps before it.
@@ -51,9 +53,10 @@ def set_budget(config, budget_flops: float, autoencoder=None,
   return config
 
 
-def budget_flops_of(config, autoencoder=None) -> float:
+def budget_flops_of(config, autoencoder=None, entropy=None) -> float:
   """The all-in training FLOPs `config` spends at its num_steps."""
-  return flops.all_in_flops(config, config.train.num_steps, autoencoder)
+  return flops.all_in_flops(config, config.train.num_steps, autoencoder,
+                            entropy=entropy)
 
 
 def concept_lm_params(config, autoencoder) -> int:

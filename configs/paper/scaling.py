@@ -6,7 +6,15 @@ Families, each at budget in {5e12, 1.5e13, 4.5e13} all-in FLOPs:
 - spm: the tiny token LM over a SentencePiece BPE vocabulary of 1024,
   trained on the training split (token_baseline.py, tokens=spm);
 - flow: the K=4 concept LM with the flow head (study.py);
-- energy: the K=4 concept LM with the energy head (CALM's choice).
+- energy: the K=4 concept LM with the energy head (CALM's choice);
+- word: the flow concept LM over word units, one word and the whitespace
+  after it a concept, words longer than K=8 split (data/segment.py);
+- entropy: the flow concept LM over entropy units (data/entropy.py, as in
+  the Byte Latent Transformer): a unit starts where a small byte LM finds
+  the next byte hard to predict, at most K=8 bytes, 4.5 bytes on average
+  (BLT's patch length). The byte LM is the pipeline's first stage
+  (configs/entropy_units.py), and its training and its passes over the
+  text count in the budget.
 A concept family is a pipeline (the main job's shape): stage 1, the study's
 K=4 autoencoder, then the concept LM, in one workdir, so one train command
 makes it from nothing. Stage 1 is inside the budget: the concept LM gets
@@ -40,11 +48,27 @@ added this file has no results in it):
   models are too undertrained to compare, then gives the verdict.
 - Whatever it says, the verdict is the page's first line.
 
+The units of meaning (word, entropy) joined the study after its verdict,
+with this rule, written before any of their runs (the commit that added
+them has no results of theirs in it):
+- They are concept families under the rule above: the verdict is
+  recomputed with them, and the page says so if it changed.
+- Segmentation, on its own page (docs/results/units.md): at each budget,
+  the paired 95% interval of (word - flow) and of (entropy - flow) on
+  BrierLM, flow being fixed K=4 with the same head, stage-1 recipe and
+  budget. A unit kind beats fixed K=4 at a budget if its interval lies
+  above 0, loses if below, otherwise not resolved. Its verdict: the side
+  that wins the top budget and at least one other, else not resolved;
+  Brier-1 decides in the same way when BrierLM does not.
+- A unit's last partial chunk is completed by rejection (docs/
+  measurement.md); a run whose partial_fallback_rate is above 1% is not
+  ranked by either metric, since its samples are not exactly the model's.
+
 Run the whole study (one run after another; a rerun resumes):
 
   python launch/sweep.py --config=configs/paper/scaling.py \\
       --grid=args.budget=5e12,1.5e13,4.5e13 \\
-      --grid=args.family=bytes,spm,flow,energy \\
+      --grid=args.family=bytes,spm,flow,energy,word,entropy \\
       --root=/tmp/paper/scaling --evaluate=brier --eval_flag=--split=test \\
       --eval_text=/usr/share/common-licenses/GPL-3
   python launch/scaling_table.py --root=/tmp/paper/scaling \\
@@ -61,26 +85,35 @@ from latentlm.core import config_lib
 from latentlm.core.errors import UserError
 from latentlm.tasks import pipeline
 
+from configs import entropy_units
 from configs.paper import study
 from configs.paper import token_baseline
 
 budget = study.budget
 
-FAMILIES = ('bytes', 'spm', 'flow', 'energy')
+FAMILIES = ('bytes', 'spm', 'flow', 'energy', 'word', 'entropy')
 TOKEN_FAMILIES = ('bytes', 'spm')
+# The units of meaning: family -> segment kind, at most UNIT_K bytes a unit.
+UNIT_FAMILIES = {'word': 'word', 'entropy': 'entropy'}
+UNIT_K = 8
 BUDGETS = (5e12, 1.5e13, 4.5e13)
 
 
-def concept_pipeline(head: str, budget_flops: float):
-  """Stage 1 then the concept LM with `head`, `budget_flops` all in."""
-  ae = study.autoencoder()
-  # The workdir field is set by the pipeline (tasks/pipeline.py).
-  lm = study.concept_lm(ae, ae_workdir='', head=head,
-                        budget_flops=budget_flops)
+def concept_pipeline(head: str, budget_flops: float, segment='fixed'):
+  """Stage 1 then the concept LM with `head`, `budget_flops` all in; for
+  entropy units the byte LM that cuts them first."""
   c = config_lib.ConfigDict()
   c.task = 'pipeline'
   c.seed = 0
   c.stages = config_lib.ConfigDict()
+  entropy = None
+  if segment == 'entropy':
+    entropy = c.stages.entropy = entropy_units.entropy_model()
+  ae = (study.autoencoder() if segment == 'fixed' else
+        study.autoencoder(K=UNIT_K, segment=segment))
+  # The workdir fields are set by the pipeline (tasks/pipeline.py).
+  lm = study.concept_lm(ae, ae_workdir='', head=head,
+                        budget_flops=budget_flops, entropy=entropy)
   c.stages.autoencoder = ae
   c.stages.concept_lm = lm
   # A few samples at the end, as every run shows; nothing measures them.
@@ -96,4 +129,6 @@ def get_config(arg=None):
   if args.family in TOKEN_FAMILIES:
     return token_baseline.get_config(
         f'tokens={args.family},match=flops,budget={args.budget:g}')
+  if args.family in UNIT_FAMILIES:
+    return concept_pipeline('flow', args.budget, UNIT_FAMILIES[args.family])
   return concept_pipeline(args.family, args.budget)

@@ -32,9 +32,11 @@ ROW_BYTES = 256
 STUDY_ARGS = dict(stage='concept_lm', ae_root='')
 
 
-def autoencoder(*, K=4, segment='fixed', Dz=32):
-  """Stage 1 (configs/autoencoder.py) at the study's shorter schedule."""
-  ae = autoencoder_config.get_config(f'K={K},segment={segment},Dz={Dz}')
+def autoencoder(*, K=4, segment='fixed', Dz=32, mean_bytes=4.5):
+  """Stage 1 (configs/autoencoder.py) at the study's shorter schedule;
+  `mean_bytes` is entropy units' mean length."""
+  ae = autoencoder_config.get_config(
+      f'K={K},segment={segment},Dz={Dz},mean_bytes={mean_bytes}')
   ae.train.num_steps = AUTOENCODER_STEPS
   ae.train.eval_every = ae.train.checkpoint_every = AUTOENCODER_STEPS
   return ae
@@ -47,11 +49,12 @@ BATCH_SIZE = 16
 
 
 def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
-               budget_flops=None):
+               budget_flops=None, entropy=None):
   """Stage 2 (configs/concept_lm.py at size=tiny, with the main job's
   auxiliary token loss and batch) over `ae`, whose trained workdir is
   `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training
-  all in, `ae`'s included."""
+  all in, `ae`'s included (and for entropy units their byte LM's, whose
+  config is `entropy`)."""
   lm = concept_lm_config.get_config(
                           f'head={head},input={input},size=tiny')
   lm.token_loss_weight = TOKEN_LOSS_WEIGHT
@@ -59,7 +62,8 @@ def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
   lm.autoencoder_workdir = ae_workdir
   lm.data.seq_len = max(ROW_BYTES // ae.segment.chunk_len, 1)
   lm.model.max_len = lm.data.seq_len
-  return budget.set_budget(lm, budget_flops or budget.CPU_BUDGET_FLOPS, ae)
+  return budget.set_budget(lm, budget_flops or budget.CPU_BUDGET_FLOPS, ae,
+                           entropy=entropy)
 
 
 def stage_config(args, ae, ae_run: str, **lm_fields):
