@@ -184,6 +184,18 @@ def test_a_rule_segmentation_ends_a_unit_only_when_it_is_full():
   assert not task.ends_unit(to_b[:3], np.array([ord(' '), TOKENIZER.pad_id]))
 
 
+def test_a_spaced_word_ends_where_whitespace_follows():
+  """Spaced words carry the whitespace before them, so the whitespace after
+  a BrierLM context (a word end) starts a unit: its last word is whole."""
+  task = tasks.get_task(helpers.load_config('autoencoder',
+                                            'K=8,segment=word'))
+  text = np.frombuffer(b'To be', np.uint8)
+  last_K = task.unit_fn(text)[-1]
+  assert bytes(last_K[last_K != TOKENIZER.pad_id].tolist()) == b' be'
+  assert task.ends_unit(text, last_K, followed_by_whitespace=True)
+  assert not task.ends_unit(text, last_K)  # ' be' may go on: ' best'
+
+
 # ---------------------------------------------------- intervals cover truth
 def _continuation_probs(first_chunk_probs: dict, length: int) -> dict:
   """{first `length` bytes: probability} of a first chunk's remaining text

@@ -29,6 +29,19 @@ def _reference_words(tokens):
   return words
 
 
+def _reference_spaced_words(tokens):
+  """Spaced words by a token-at-a-time scan: EOS alone; non-space then space
+  splits."""
+  words = []
+  for i, t in enumerate(tokens):
+    starts = (i == 0 or t == EOS or tokens[i - 1] == EOS or
+              (_is_space(t) and not _is_space(tokens[i - 1])))
+    if starts:
+      words.append([])
+    words[-1].append(t)
+  return words
+
+
 def _ends_sentence(word):
   solid = [t for t in word if not _is_space(t)]
   return (ord('\n') in word or word == [EOS] or
@@ -52,7 +65,7 @@ def _reference_chunks(tokens, kind, K):
   if kind == 'fixed':
     return [tokens[i:i + K] for i in range(0, len(tokens), K)]
   if kind == 'word':
-    return [word[i:i + K] for word in _reference_words(tokens)
+    return [word[i:i + K] for word in _reference_spaced_words(tokens)
             for i in range(0, len(word), K)]
   chunks = []
   for group in _reference_groups(tokens, kind):
@@ -153,10 +166,10 @@ def test_adversarial_inputs(text, kind, K):
     (b'One two three four. Z', 'sentences', 8,
      [b'One two ', b'three ', b'four. ', b'Z']),
     (b'\n\nA\n', 'sentences', 8, [b'\n\n', b'A\n']),
-    (b'To be, or', 'word', 8, [b'To ', b'be, ', b'or']),
-    (b'ROMEO.\n  Hence!', 'word', 4, [b'ROME', b'O.\n ', b' ', b'Henc',
-                                      b'e!']),
-    (b'  lead', 'word', 8, [b'  ', b'lead']),  # leading space: a word
+    (b'To be, or', 'word', 8, [b'To', b' be,', b' or']),
+    (b'ROMEO.\n  Hence! ', 'word', 4, [b'ROME', b'O.', b'\n  H', b'ence',
+                                       b'!', b' ']),
+    (b'  lead', 'word', 8, [b'  lead']),  # the space before the word
 ])
 def test_examples(text, kind, K, expected):
   chunks_MxK = segment.segment(np.frombuffer(text, np.uint8), kind, K, PAD)
@@ -168,8 +181,10 @@ def test_eos_is_a_chunk_of_its_own(kind):
   tokens = [BOS, ord('a'), ord(' '), EOS, ord('b'), EOS, EOS, ord(' ')]
   chunks_MxK = segment.segment(np.array(tokens), kind, 8, PAD)
   got = [row[row != PAD].tolist() for row in chunks_MxK]
-  assert got == [[BOS, ord('a'), ord(' ')], [EOS], [ord('b')], [EOS], [EOS],
-                 [ord(' ')]]
+  # A spaced word ('word') leaves the space after 'a' a unit of its own.
+  head = ([[BOS, ord('a')], [ord(' ')]] if kind == 'word' else
+          [[BOS, ord('a'), ord(' ')]])
+  assert got == [*head, [EOS], [ord('b')], [EOS], [EOS], [ord(' ')]]
 
 
 def test_stats():

@@ -8,7 +8,8 @@ Families, each at budget in {5e12, 1.5e13, 4.5e13} all-in FLOPs:
 - flow: the K=4 concept LM with the flow head (study.py);
 - energy: the K=4 concept LM with the energy head (CALM's choice);
 - word: the flow concept LM over word units, one word and the whitespace
-  after it a concept, words longer than K=8 split (data/segment.py);
+  before it a concept (a spaced word, data/segment.py), words longer than
+  K=8 split;
 - entropy: the flow concept LM over entropy units (data/entropy.py, as in
   the Byte Latent Transformer): a unit starts where a small byte LM finds
   the next byte hard to predict, at most K=8 bytes, 4.5 bytes on average

@@ -9,17 +9,24 @@ Kinds:
              chunk with the words after it).
   sentences: one sentence per chunk; a sentence longer than K is packed into
              several chunks like 'words'. Chunks never hold two sentences.
-  word:      one word per chunk (with the whitespace that follows it, as
-             in 'words'); a word longer than K is cut into pieces of K,
-             each a chunk of its own. A chunk is a unit of meaning, of
-             variable length: the word, not a packing of several.
+  word:      one spaced word per chunk (below); a spaced word longer than
+             K is cut into pieces of K, each a chunk of its own. A chunk is
+             a unit of meaning, of variable length: the word, not a packing
+             of several.
 
 Definitions, on byte ids:
   word:     a run of non-whitespace ids with the whitespace that follows it
             (whitespace: ASCII space, \\t, \\n, \\v, \\f, \\r). Whitespace at
             the start of a document is a word of its own. Ids >= 256 (BOS,
             ...) count as non-whitespace, except EOS.
-  EOS:      a chunk of its own in 'words' and 'sentences', so that no chunk
+  spaced word: a run of whitespace ids with the non-whitespace run that
+            follows it, as SentencePiece's pieces carry the space before a
+            word. Leading, not trailing, whitespace makes every word end a
+            unit boundary, so a text cut at a word end (BrierLM's positions)
+            ends in a whole unit, exactly as the document's own
+            segmentation has it (metrics/brier.py). Text before the first
+            whitespace of a document is a spaced word of its own.
+  EOS:      a chunk of its own in every kind but 'fixed', so that no chunk
             spans two documents and the end of text is a concept of its own.
   sentence: ends after a word whose last non-whitespace id is . ! or ?, or
             whose whitespace holds a newline.
@@ -60,7 +67,8 @@ def segment(tokens_N: np.ndarray, kind: str, K: int, pad_id: int,
   if kind == 'fixed' or n == 0:
     starts_M = np.arange(0, n, K)
   elif kind == 'word':
-    starts_M = _pieces(np.flatnonzero(_word_start_mask(tokens_N, eos_id)), n, K)
+    starts_M = _pieces(np.flatnonzero(_spaced_word_start_mask(tokens_N,
+                                                              eos_id)), n, K)
   else:
     word_starts_W = np.flatnonzero(_word_start_mask(tokens_N, eos_id))
     forced_F = np.flatnonzero(eos_edges(tokens_N, eos_id))
@@ -110,6 +118,13 @@ def _word_start_mask(tokens_N, eos_id) -> np.ndarray:
   space_N = np.isin(tokens_N, WHITESPACE)
   return (_shifted_right(space_N) & ~space_N) | eos_edges(
       tokens_N, eos_id)
+
+
+def _spaced_word_start_mask(tokens_N, eos_id) -> np.ndarray:
+  """True where a spaced word starts: whitespace after non-whitespace, or
+  EOS edges."""
+  space_N = np.isin(tokens_N, WHITESPACE)
+  return (space_N & ~_shifted_right(space_N)) | eos_edges(tokens_N, eos_id)
 
 
 def _sentence_starts(tokens_N, word_starts_W) -> np.ndarray:

@@ -52,7 +52,13 @@ context bytes), not from a distortion of it:
              its front to whole chunks (at most K - 1 bytes fewer), so its
              last chunk is whole and nothing needs completing: a fixed-K
              model never saw an alignment that the text decides, so any
-             alignment is in its training distribution.
+             alignment is in its training distribution. Spaced-word units
+             (segment kind 'word') carry the whitespace before a word, as
+             BPE's pieces do, so a context cut at a word end ends in a
+             whole unit, the one the document's own segmentation has there:
+             nothing needs completing, for the reason BPE's context needs
+             no re-tokenising. Entropy units end where the byte LM says,
+             from the context alone.
   n-grams:   a count model samples bytes from its exact conditional.
 Bytes or words, never a model's own step: a BPE token or a K-byte concept is
 one model's unit and not the other's. Bytes are what every model emits in
@@ -261,8 +267,9 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
     batch_rng = jax.random.fold_in(rng, batch[0])
     partial_rng, stream_rng = jax.random.split(batch_rng)
     chunks_BxLxK = np.stack([chunks[i] for i in padded])
+    # Every context ends at a word end: whitespace comes next.
     whole_B = [task.autoencoder.ends_unit(segment.join(c_LxK, task.pad_id),
-                                          c_LxK[-1])
+                                          c_LxK[-1], followed_by_whitespace=True)
                for c_LxK in chunks_BxLxK]
     chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
         sampler, chunks_BxLxK[:, :-1], chunks_BxLxK[:, -1], 2, partial_rng,

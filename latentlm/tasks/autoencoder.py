@@ -130,16 +130,20 @@ class Task(base.Task):
     self.unit_fn = functools.partial(segment.segment, kind=config.segment.kind,
                                      K=K, pad_id=self.pad_id)
 
-  def ends_unit(self, tokens_N, last_K) -> bool:
+  def ends_unit(self, tokens_N, last_K, followed_by_whitespace=False) -> bool:
     """Whether a text (token ids), whose last unit is `last_K`, ends where
     a unit ends, so that what follows starts a new unit: that unit is K
-    long, or, for entropy units, the byte LM finds the next byte hard to
-    predict. Otherwise the last unit may still grow (BrierLM completes it,
-    brier.py)."""
+    long; for entropy units, the byte LM finds the next byte hard to
+    predict; for spaced words, the caller knows the text goes on with
+    whitespace (`followed_by_whitespace`: BrierLM's positions are word
+    ends), which starts one. Otherwise the last unit may still grow
+    (BrierLM completes it, brier.py)."""
     if (np.asarray(last_K) != self.pad_id).all():
       return True
-    return (self.config.segment.kind == ENTROPY and
-            self.unit_fn.starts_unit_after(tokens_N))
+    kind = self.config.segment.kind
+    if kind == 'word':
+      return followed_by_whitespace
+    return kind == ENTROPY and self.unit_fn.starts_unit_after(tokens_N)
 
   @classmethod
   def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
