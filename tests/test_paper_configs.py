@@ -75,6 +75,10 @@ def test_the_scaling_study_meets_every_budget_all_in():
         assert ae.segment.kind == scaling.UNIT_FAMILIES[family]
         assert ae.train.num_steps == _module('study').AUTOENCODER_STEPS
         assert ('entropy' in c.stages) == (family == 'entropy')
+        # Rows of as many concepts as fixed K=4's.
+        assert c.stages.concept_lm.data.seq_len == _config(
+            'scaling', f'family=flow,budget={flops_budget:g}'
+        ).stages.concept_lm.data.seq_len
         spent = flops.pipeline_flops(c)
       else:
         # A pipeline whose stage 1 is the other studies' and counts.

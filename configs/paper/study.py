@@ -48,19 +48,34 @@ TOKEN_LOSS_WEIGHT = 1.0
 BATCH_SIZE = 16
 
 
+# One unit a concept (segment kinds 'word' and 'entropy', whose units are
+# about 4.5-5 bytes whatever K) is sized as a 4-byte chunk: rows of as many
+# concepts as K=4's, and at least as much text. The packing kinds fill
+# their chunks towards K, and are sized by K.
+UNIT_KINDS = ('word', 'entropy')
+UNIT_BYTES = 4
+
+
+def bytes_per_concept(ae) -> int:
+  """The bytes a stage-2 row is sized by, per concept of `ae`."""
+  if ae.segment.kind in UNIT_KINDS:
+    return min(ae.segment.chunk_len, UNIT_BYTES)
+  return ae.segment.chunk_len
+
+
 def concept_lm(ae, *, ae_workdir: str, head='flow', input='tokens',
                budget_flops=None, entropy=None):
   """Stage 2 (configs/concept_lm.py at size=tiny, with the main job's
   auxiliary token loss and batch) over `ae`, whose trained workdir is
-  `ae_workdir`: ROW_BYTES / K concepts a row, `budget_flops` of training
-  all in, `ae`'s included (and for entropy units their byte LM's, whose
-  config is `entropy`)."""
+  `ae_workdir`: ROW_BYTES / bytes_per_concept(ae) concepts a row,
+  `budget_flops` of training all in, `ae`'s included (and for entropy
+  units their byte LM's, whose config is `entropy`)."""
   lm = concept_lm_config.get_config(
                           f'head={head},input={input},size=tiny')
   lm.token_loss_weight = TOKEN_LOSS_WEIGHT
   lm.train.batch_size = BATCH_SIZE
   lm.autoencoder_workdir = ae_workdir
-  lm.data.seq_len = max(ROW_BYTES // ae.segment.chunk_len, 1)
+  lm.data.seq_len = max(ROW_BYTES // bytes_per_concept(ae), 1)
   lm.model.max_len = lm.data.seq_len
   return budget.set_budget(lm, budget_flops or budget.CPU_BUDGET_FLOPS, ae,
                            entropy=entropy)
