@@ -17,8 +17,12 @@ What it prints, how long it takes, and how each choice below was made:
 docs/results/main_job.md.
 
 Args: head (flow), input (tokens) and size (tiny) of the concept LM (see
-configs/concept_lm.py), K (2 bytes per concept) and Dz (32) of the
-autoencoder (configs/autoencoder.py), distill (True: the third stage).
+configs/concept_lm.py); segment (fixed: K bytes a concept; word: one word
+and the whitespace before it; entropy: units cut by a small byte LM, which
+then trains first, into DIR/entropy, configs/entropy_units.py), K (the
+longest unit; 0: the segmentation's below), Dz (0: the segmentation's) and
+ae_steps (0: the segmentation's) of the autoencoder
+(configs/autoencoder.py); distill (True: the third stage).
 """
 
 from latentlm.core import config_lib
@@ -26,28 +30,44 @@ from latentlm.tasks import pipeline
 
 from configs import autoencoder as autoencoder_config
 from configs import concept_lm as concept_lm_config
+from configs import entropy_units
 from configs import head_distill as head_distill_config
 
 # The head's sampling temperature (see c.samples.temperature below).
 TEMPERATURE = 0.2
 
+# segment -> its stage 1: K (the longest unit), Dz and steps.
+# fixed: two bytes per concept: a head sample that falls between the chunks
+# it could be decodes to a misspelling, and two bytes leave the head fewer
+# chunks to fall between than CALM's four; stage 1 is near perfect well
+# before its default 400 steps, and the time goes to stage 2, whose samples
+# it buys. word, entropy: a unit of up to 8 bytes needs a wider latent and
+# a longer schedule to come back exact (docs/results/main_job.md).
+SEGMENTS = {
+    'fixed': dict(K=2, Dz=32, ae_steps=250),
+    'word': dict(K=8, Dz=128, ae_steps=600),
+    'entropy': dict(K=8, Dz=128, ae_steps=600),
+}
+
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, head='flow', input='tokens', size='tiny',
-                               K=2, Dz=32, distill=True)
+                               segment='fixed', K=0, Dz=0, ae_steps=0,
+                               distill=True)
+  unit = dict(SEGMENTS[config_lib.choose('segment', args.segment, SEGMENTS)])
+  unit.update({k: v for k, v in (('K', args.K), ('Dz', args.Dz),
+                                 ('ae_steps', args.ae_steps)) if v})
   c = config_lib.ConfigDict()
   c.task = 'pipeline'
   c.seed = 0
   c.stages = config_lib.ConfigDict()
-  # Two bytes per concept: a head sample that falls between the chunks it
-  # could be decodes to a misspelling, and two bytes leave the head fewer
-  # chunks to fall between than CALM's four (docs/results/main_job.md).
+  if args.segment == 'entropy':
+    c.stages.entropy = entropy_units.entropy_model()
   c.stages.autoencoder = autoencoder_config.get_config(
-      f'K={args.K},Dz={args.Dz}')
-  # Stage 1 is near perfect well before its default 400 steps: the time goes
-  # to stage 2, whose samples it buys (docs/results/main_job.md).
-  c.stages.autoencoder.train.update(num_steps=250, eval_every=250,
-                                    checkpoint_every=250)
+      f'K={unit["K"]},segment={args.segment},Dz={unit["Dz"]}')
+  c.stages.autoencoder.train.update(num_steps=unit['ae_steps'],
+                                    eval_every=unit['ae_steps'],
+                                    checkpoint_every=unit['ae_steps'])
   lm = concept_lm_config.get_config(
       f'head={args.head},input={args.input},size={args.size}')
   # The flow head and Dz=32 were chosen on this budget (2 CPU cores, a few

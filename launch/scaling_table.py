@@ -2,7 +2,7 @@
 
   python launch/scaling_table.py --root=/tmp/paper/scaling \\
       --ngram=/tmp/paper/ngram --ngram=/tmp/paper/ngram_prose \\
-      --commit=COMMIT --out=docs/results
+      --commit=COMMIT [--commit=FAMILY=COMMIT] --out=docs/results
 
 writes OUT/scaling.json (one object per run and evaluated text, and one
 per n-gram reference), OUT/scaling.png, and prints the markdown tables and
@@ -38,6 +38,9 @@ PLAYS = 'shakespeare:test'
 PROSE = '/usr/share/common-licenses/GPL-3'
 METRICS = ('brier_1', 'brier_2', 'brier_3', 'brier_4', 'brier_lm')
 DECIDING = ('brier_lm', 'brier_1')  # the rule's primary metric, then its fallback
+# A run whose partial last units fell back more often than this is not
+# ranked: its samples are not exactly the model's (configs/paper/scaling.py).
+MAX_FALLBACK_RATE = 0.01
 
 
 def _jsonl(path: str) -> list[dict]:
@@ -114,6 +117,7 @@ def run_row(path: str, family: str, budget: float, eval_data: str = PLAYS,
       steps=trained[-1]['step'],
       bits_per_byte=(default or {}).get('bits_per_byte')
       if family in scaling.TOKEN_FAMILIES else None,
+      bytes_per_concept=(default or {}).get('bytes_per_concept'),
       **brier_fields(brier),
       num_positions=brier['num_positions'],
       partial_fallback_rate=brier.get('partial_fallback_rate'),
@@ -139,6 +143,7 @@ def ngram_rows(directory: str, commit: str) -> list[dict]:
       rows.append(dict(
           name=name, family=name, budget_flops=None, flops_all_in=None,
           params=None, steps=None, bits_per_byte=default.get('bits_per_byte'),
+          bytes_per_concept=None,
           **brier_fields(brier),
           num_positions=brier['num_positions'], partial_fallback_rate=None,
           eval_data=data, commit=commit,
@@ -153,34 +158,43 @@ def _head() -> str:
 
 
 # ------------------------------------------------------------ the decision
+def ranked(row: dict) -> bool:
+  """Whether the rule ranks a run: its partial units seldom fell back."""
+  return (row['partial_fallback_rate'] or 0.0) <= MAX_FALLBACK_RATE
+
+
+def paired(row: dict, reference: dict, metric: str) -> dict:
+  """`row` - `reference` on `metric`, paired over their shared positions."""
+  if row['positions_key'] != reference['positions_key']:
+    raise UserError(f'{row["name"]} and {reference["name"]} were scored on '
+                    'different positions: evaluate both with the defaults')
+  diff, low, high, resolved = intervals.paired_difference(
+      row['brier_terms'], reference['brier_terms'])[metric]
+  return dict(diff=diff, ci_low=low, ci_high=high, resolved=resolved)
+
+
 def budget_outcome(rows_by_family: dict, metric: str) -> dict:
-  """At one budget: the best token LM, each concept family's paired
+  """At one budget: the best token LM, each ranked concept family's paired
   difference from it on `metric`, and who wins the budget."""
   tokens = [rows_by_family[f] for f in scaling.TOKEN_FAMILIES
             if f in rows_by_family]
-  concepts = [rows_by_family[f] for f in scaling.FAMILIES
-              if f not in scaling.TOKEN_FAMILIES and f in rows_by_family]
+  present = [rows_by_family[f] for f in scaling.FAMILIES
+             if f not in scaling.TOKEN_FAMILIES and f in rows_by_family]
+  concepts = [row for row in present if ranked(row)]
   if not tokens or not concepts:
     return dict(best_token=None, differences={}, winner='incomplete')
   best = max(tokens, key=lambda r: r['brier_lm'])
-  differences = {}
-  for row in concepts:
-    if row['positions_key'] != best['positions_key']:
-      raise UserError(f'{row["name"]} and {best["name"]} were scored on '
-                      'different positions: evaluate both with the defaults')
-    diff, low, high, resolved = intervals.paired_difference(
-        row['brier_terms'], best['brier_terms'])[metric]
-    differences[row['family']] = dict(diff=diff, ci_low=low, ci_high=high,
-                                      resolved=resolved)
+  differences = {row['family']: paired(row, best, metric) for row in concepts}
   if any(d['resolved'] and d['diff'] > 0 for d in differences.values()):
     winner = 'concepts'
   elif all(d['resolved'] and d['diff'] < 0 for d in differences.values()):
     winner = 'tokens'
   else:
     winner = 'not resolved'
-  complete = len(concepts) == len(scaling.FAMILIES) - len(
+  complete = len(present) == len(scaling.FAMILIES) - len(
       scaling.TOKEN_FAMILIES) and len(tokens) == len(scaling.TOKEN_FAMILIES)
   return dict(best_token=best['family'], differences=differences,
+              unranked=[row['family'] for row in present if not ranked(row)],
               winner=winner if complete else f'{winner} (incomplete)')
 
 
@@ -253,6 +267,10 @@ def decision_table(decision: dict) -> str:
           f'{d["diff"]:+.2f} [{d["ci_low"]:+.2f}, {d["ci_high"]:+.2f}] | '
           f'{d1["diff"]:+.3f} [{d1["ci_low"]:+.3f}, {d1["ci_high"]:+.3f}] | '
           f'{primary[budget]["winner"]}; {fallback[budget]["winner"]} |')
+    for family in primary[budget].get('unranked', []):
+      lines.append(f'| {budget:.3g} | {primary[budget]["best_token"]} | '
+                   f'{family} | not ranked: partial fallback above '
+                   f'{MAX_FALLBACK_RATE:.0%} | | |')
   return '\n'.join(lines)
 
 
@@ -275,10 +293,11 @@ def plot(rows: list[dict], path: str, eval_data: str = PLAYS):
       if not points:
         continue
       x, y, low, high = map(np.array, zip(*points))
-      ax.plot(x, y, marker='osD^'[i], color=f'C{i}', label=family)
+      ax.plot(x, y, marker='osD^vP'[i], color=f'C{i}', label=family)
       ax.fill_between(x, low, high, color=f'C{i}', alpha=0.2)
     for j, ref in enumerate(references):
-      ax.axhline(ref[metric], linestyle='--', color=f'C{4 + j}', alpha=0.7,
+      ax.axhline(ref[metric], linestyle='--',
+                 color=f'C{len(scaling.FAMILIES) + j}', alpha=0.7,
                  label=ref['family'])
     ax.set_xscale('log')
     ax.set_xticks(scaling.BUDGETS, [budget_text(b) for b in scaling.BUDGETS])
@@ -292,12 +311,29 @@ def plot(rows: list[dict], path: str, eval_data: str = PLAYS):
   plt.close(figure)
 
 
-def study_rows(root: str, commit: str) -> list[dict]:
-  """Every trained and evaluated run under `root`, on every text."""
+def commits_by_family(values: list[str]) -> dict:
+  """--commit values, COMMIT or FAMILY=COMMIT, as {family or None: commit};
+  None is every other family's (default HEAD)."""
+  commits = {None: None}
+  for value in values:
+    family, _, commit = value.rpartition('=')
+    if family and family not in scaling.FAMILIES:
+      raise UserError(f'--commit={value}: {family} is not one of '
+                      f'{scaling.FAMILIES}')
+    commits[family or None] = commit
+  if commits[None] is None:
+    commits[None] = _head()
+  return commits
+
+
+def study_rows(root: str, commits: dict) -> list[dict]:
+  """Every trained and evaluated run under `root`, on every text, each
+  with its family's commit (`commits_by_family`)."""
   rows = []
   for budget in scaling.BUDGETS:
     for family in scaling.FAMILIES:
       path = os.path.join(root, run_name(family, budget))
+      commit = commits.get(family, commits[None])
       for data in (PLAYS, PROSE):
         try:
           rows.append(run_row(path, family, budget, data, commit,
@@ -313,8 +349,9 @@ def main(argv=None):
   parser.add_argument('--ngram', action='append', default=[],
                       help='A latentlm.ngram --out directory (repeatable).')
   parser.add_argument('--out', help='Writes scaling.json and scaling.png.')
-  parser.add_argument('--commit', default=None,
-                      help='The commit the runs were made at (default HEAD).')
+  parser.add_argument('--commit', action='append', default=[],
+                      help='The commit the runs were made at (default HEAD); '
+                      'FAMILY=COMMIT for one family (repeatable).')
   parser.add_argument('--row', help='Print the row of this one run.')
   parser.add_argument('--family')
   parser.add_argument('--budget', type=float)
@@ -325,15 +362,15 @@ def main(argv=None):
       if a.family is None or a.budget is None:
         raise UserError('--row needs --family and --budget')
       print(json.dumps(run_row(a.row, a.family, a.budget, a.eval_data,
-                               a.commit)))
+                               commits_by_family(a.commit)[None])))
       return
     if not a.root or not a.out:
       raise UserError('give --root and --out (or --row=WORKDIR)')
-    commit = a.commit or _head()
-    rows = study_rows(a.root, commit)
+    commits = commits_by_family(a.commit)
+    rows = study_rows(a.root, commits)
     decision = decide(rows)
     for directory in a.ngram:
-      rows += ngram_rows(directory, commit)
+      rows += ngram_rows(directory, commits[None])
     public = [{k: v for k, v in r.items()
                if k not in ('brier_terms', 'positions_key')} for r in rows]
     os.makedirs(a.out, exist_ok=True)

@@ -22,7 +22,8 @@ LAYERS = (
     ('metrics',),
     ('tasks',),
     ('training',),
-    ('train', 'evaluate', 'generate', 'report', 'bench', 'aot', 'ngram'),
+    ('train', 'evaluate', 'generate', 'report', 'bench', 'aot', 'ngram',
+     'spelling'),
 )
 COMMANDS = LAYERS[-1]
 

@@ -3,9 +3,12 @@
 import json
 import os
 
+import chex
 import helpers
 import pytest
 
+from configs import shakespeare as shakespeare_config
+from latentlm.data import corpus
 from latentlm.core.errors import UserError
 from latentlm.training import runs
 
@@ -49,6 +52,22 @@ def test_main_job_trains_three_stages_then_samples_and_resumes(tmp_path):
   run = runs.load(workdir)
   assert run.config.task == 'head_distill' and run.step == 2
   assert (run.config.head.num_steps, run.config.head.guidance_scale) == (1, 1)
+
+  # Spelling over seeds, each continuing a speech of the test plays.
+  spelt = helpers.run_module('spelling', f'--workdir={workdir}', '--seeds=2',
+                             '--samples=2', '--max_bytes=24')
+  assert spelt.returncode == 0, spelt.stderr[-3000:]
+  scores = helpers.last_json_line(spelt.stdout)
+  seeds = scores['seeds']
+  assert [row['seed'] for row in seeds] == [1, 2]
+  fractions = [row['word_vocabulary_fraction'] for row in seeds]
+  chex.assert_trees_all_close(scores['word_vocabulary_fraction'],
+                              sum(fractions) / 2)
+  assert (scores['min'], scores['max']) == (min(fractions), max(fractions))
+  assert scores['temperature'] == shakespeare_config.TEMPERATURE
+  test_text = '\n'.join(d['text'].decode() for d in
+                        corpus.load_split(run.config.data, 'test'))
+  assert all(row['prompt'] in test_text for row in seeds)
 
 
 def test_main_job_config_is_pinned():

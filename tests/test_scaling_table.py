@@ -27,22 +27,30 @@ def _terms(rate: float, seed: int):
   return np.repeat(right_P[:, None], 4, axis=1).astype(float)
 
 
-def _row(family, budget, rate, seed):
+def _row(family, budget, rate, seed, fallback=0.0):
   return dict(family=family, budget_flops=budget, eval_data=table.PLAYS,
               name=table.run_name(family, budget), positions_key='k',
               brier_terms=_terms(rate, seed).tolist(),
-              brier_lm=100 * float(_terms(rate, seed).mean()))
+              brier_lm=100 * float(_terms(rate, seed).mean()),
+              partial_fallback_rate=None if family in (
+                  table.scaling.TOKEN_FAMILIES) else fallback)
 
 
-def _study(rates_by_budget):
-  """Rows of the four families; rates_by_budget[b] = {family: rate}."""
-  return [_row(family, budget, rate, seed=10 * i + j)
+def _study(rates_by_budget, fallbacks=None):
+  """Rows of every family; rates_by_budget[b] = {family: rate};
+  fallbacks = {family: partial_fallback_rate} (default 0)."""
+  fallbacks = fallbacks or {}
+  return [_row(family, budget, rate, seed=10 * i + j,
+               fallback=fallbacks.get(family, 0.0))
           for i, budget in enumerate(BUDGETS)
           for j, (family, rate) in enumerate(rates_by_budget[budget].items())]
 
 
-def _rates(bytes_, spm, flow, energy):
-  return dict(bytes=bytes_, spm=spm, flow=flow, energy=energy)
+def _rates(bytes_, spm, flow, energy, word=None, entropy=None):
+  """The units of meaning score as the flow family unless given."""
+  return dict(bytes=bytes_, spm=spm, flow=flow, energy=energy,
+              word=flow if word is None else word,
+              entropy=flow if entropy is None else entropy)
 
 
 def test_tokens_win_when_every_concept_family_loses_at_the_top_and_once_more():
@@ -89,6 +97,24 @@ def test_a_missing_run_leaves_the_study_incomplete():
   only_bytes_at_the_top = [r for r in rows if r['budget_flops'] != BUDGETS[2]
                            or r['family'] == 'bytes']
   assert table.decide(only_bytes_at_the_top)['verdict'] == 'incomplete'
+
+
+def test_a_run_whose_partial_units_fell_back_is_not_ranked():
+  # Word units would win every budget, but fell back on 5% of positions.
+  rows = _study({b: _rates(.6, .6, .3, .3, word=.9) for b in BUDGETS},
+                fallbacks={'word': 0.05})
+  decision = table.decide(rows)
+  for outcome in decision['brier_lm']['outcomes'].values():
+    assert outcome['unranked'] == ['word'] and outcome['winner'] == 'tokens'
+  assert decision['verdict'] == 'tokens'
+  assert 'not ranked' in table.decision_table(decision)
+
+
+def test_commits_by_family():
+  commits = table.commits_by_family(['abc', 'word=def', 'entropy=0123'])
+  assert commits == {None: 'abc', 'word': 'def', 'entropy': '0123'}
+  with pytest.raises(UserError, match='not one of'):
+    table.commits_by_family(['words=def'])
 
 
 def test_runs_scored_on_other_positions_are_never_paired():
