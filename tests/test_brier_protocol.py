@@ -194,6 +194,11 @@ def test_a_spaced_word_ends_where_whitespace_follows():
   assert bytes(last_K[last_K != TOKENIZER.pad_id].tolist()) == b' be'
   assert task.ends_unit(text, last_K, followed_by_whitespace=True)
   assert not task.ends_unit(text, last_K)  # ' be' may go on: ' best'
+  # A text ending in whitespace ends in the unit ' ', which whitespace
+  # after it extends: it stays open.
+  spaced = np.frombuffer(b'To be ', np.uint8)
+  assert not task.ends_unit(spaced, task.unit_fn(spaced)[-1],
+                            followed_by_whitespace=True)
 
 
 # ---------------------------------------------------- intervals cover truth

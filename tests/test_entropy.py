@@ -42,7 +42,7 @@ _DOCUMENT = st.lists(
 def test_units_match_the_reference_and_round_trip(document, threshold, K):
   tokens = np.array([t for t, _ in document], np.int32)
   entropies = np.array([h for _, h in document], np.float32)
-  forced = segment.eos_edges(tokens, EOS)
+  forced = segment.spaced_word_starts(tokens, EOS)
   starts = entropy.unit_starts(entropies, threshold, K, forced)
   assert starts.tolist() == _reference_starts(entropies, threshold, K, forced)
   units_MxK = entropy.segment_by_entropy(tokens, entropies, threshold, K, PAD,
@@ -51,9 +51,13 @@ def test_units_match_the_reference_and_round_trip(document, threshold, K):
   np.testing.assert_array_equal(segment.join(units_MxK, PAD), tokens)
   lengths_M = (units_MxK != PAD).sum(1)
   assert (lengths_M >= 1).all()
-  # EOS is a unit of its own: no unit spans two documents.
+  # EOS is a unit of its own: no unit spans two documents; and no unit
+  # spans a word end (whitespace after a non-whitespace byte).
+  space = lambda t: t < 256 and bytes([t]).isspace()
   for row, length in zip(units_MxK, lengths_M):
     assert EOS not in row[:length] or length == 1
+    assert not any(space(b) and not space(a)
+                   for a, b in zip(row[:length - 1], row[1:length]))
 
 
 @hypothesis.settings(max_examples=200, deadline=None)
@@ -67,9 +71,9 @@ def test_a_prefix_has_the_units_of_the_whole_up_to_its_end(document,
   entropies = np.array([h for _, h in document], np.float32)
   cut = min(cut, len(tokens))
   whole = entropy.unit_starts(entropies, threshold, K,
-                              segment.eos_edges(tokens, EOS))
+                              segment.spaced_word_starts(tokens, EOS))
   prefix = entropy.unit_starts(entropies[:cut], threshold, K,
-                               segment.eos_edges(tokens[:cut], EOS))
+                               segment.spaced_word_starts(tokens[:cut], EOS))
   assert prefix.tolist() == [s for s in whole.tolist() if s < cut]
 
 

@@ -11,9 +11,10 @@ Families, each at budget in {5e12, 1.5e13, 4.5e13} all-in FLOPs:
   before it a concept (a spaced word, data/segment.py), words longer than
   K=8 split;
 - entropy: the flow concept LM over entropy units (data/entropy.py, as in
-  the Byte Latent Transformer): a unit starts where a small byte LM finds
-  the next byte hard to predict, at most K=8 bytes, 4.5 bytes on average
-  (BLT's patch length). The byte LM is the pipeline's first stage
+  the Byte Latent Transformer): spaced words that a small byte LM splits
+  further where it finds the next byte hard to predict, at most K=8 bytes,
+  4.5 bytes on average (BLT's patch length). The byte LM is the pipeline's
+  first stage
   (configs/entropy_units.py), and its training and its passes over the
   text count in the budget.
 A concept family is a pipeline (the main job's shape): stage 1, the study's

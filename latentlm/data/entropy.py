@@ -3,15 +3,26 @@ small byte LM finds the next byte hard to predict.
 
 A unit starts at byte t when the entropy of the byte LM's prediction of
 x_t from the bytes before it is above a threshold, or when the unit would
-otherwise grow past K bytes, or at an EOS edge (as in segment.py: EOS is a
-unit of its own, so no unit spans two documents). The first byte always
-starts a unit: nothing predicts it.
+otherwise grow past K bytes, or where a spaced word starts (segment.py:
+whitespace after a non-whitespace byte, and EOS edges, so EOS is a unit of
+its own and no unit spans two documents). The first byte always starts a
+unit: nothing predicts it.
 
-Every boundary is decided by the bytes *before* it, so a unit is causal:
-whether a text's last unit is complete is known from the text alone. A
-sampler ends a unit at its decoded length, and BrierLM's protocol
+So entropy units are spaced words that the byte LM splits further where it
+finds a byte hard to predict (inside a long or rare word, before a name),
+and a unit never spans a word end. That keeps units meaning-shaped, and it
+makes every word end a unit boundary, as for spaced words and BPE pieces:
+BrierLM's contexts, cut at word ends, end in a whole unit. Without it, the
+byte LM rarely cuts before the predictable space after a word, and the
+protocol would have to complete the whole last word by rejection, which
+at CPU scale fails for a third of the contexts.
+
+Every boundary is decided by the bytes up to it (the entropy of x_t from
+the bytes before it; whether x_t is whitespace after a word), so whether a
+text's last unit goes on depends only on the text and the byte after it.
+A sampler ends a unit at its decoded length, and BrierLM's protocol
 (latentlm/metrics/brier.py) completes a last unit only where the byte LM
-says the unit goes on.
+says the unit goes on and no whitespace follows.
 
 The threshold sets the mean unit length. `threshold_for_length` finds the
 threshold that gives a target mean on a sample of text, by bisection: the
@@ -59,7 +70,7 @@ def segment_by_entropy(tokens_N: np.ndarray, entropies_N: np.ndarray,
   if len(entropies_N) != len(tokens_N):
     raise ValueError(f'{len(entropies_N)} entropies for {len(tokens_N)} '
                      'tokens')
-  forced_N = segment.eos_edges(tokens_N, eos_id)
+  forced_N = segment.spaced_word_starts(tokens_N, eos_id)
   starts_M = unit_starts(entropies_N, threshold, K, forced_N)
   return segment.gather(tokens_N, starts_M, K, pad_id)
 
@@ -68,7 +79,7 @@ def mean_unit_length(entropies, tokens, threshold: float, K: int,
                      eos_id: int) -> float:
   """Mean bytes per unit over documents (lists of arrays)."""
   num_units = sum(len(unit_starts(h, threshold, K,
-                                  segment.eos_edges(t, eos_id)))
+                                  segment.spaced_word_starts(t, eos_id)))
                   for h, t in zip(entropies, tokens))
   return sum(len(t) for t in tokens) / max(num_units, 1)
 
@@ -76,7 +87,9 @@ def mean_unit_length(entropies, tokens, threshold: float, K: int,
 def threshold_for_length(entropies, tokens, target: float, K: int,
                          eos_id: int, iterations: int = 40) -> float:
   """The threshold (bits) whose mean unit length on the documents is
-  closest to `target` bytes (1 <= target <= K)."""
+  closest to `target` bytes (1 <= target <= K). Units never span a word
+  end, so no threshold makes them longer than the spaced words (cut at K)
+  are on average: a target above that gets the spaced words."""
   if not 1 <= target <= K:
     raise UserError(f'a mean of {target} bytes per unit is not between 1 '
                     f'and K={K}')
@@ -214,8 +227,8 @@ class EntropyUnits:
   def starts_unit_after(self, tokens_N: np.ndarray) -> bool:
     """Whether the byte after the text `tokens_N` starts a unit whatever it
     is: the byte LM finds it hard to predict, or the text ends in EOS.
-    Decided by the text alone, as every boundary is (the K cap is the
-    caller's: it needs the last unit's length)."""
+    Decided by the text alone; the caller adds the K cap (it needs the last
+    unit's length) and whitespace after a word (it needs the next byte)."""
     tokens_N = np.asarray(tokens_N, np.int32)
     if not len(tokens_N) or tokens_N[-1] == self.eos_id:
       return True

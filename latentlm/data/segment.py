@@ -67,7 +67,7 @@ def segment(tokens_N: np.ndarray, kind: str, K: int, pad_id: int,
   if kind == 'fixed' or n == 0:
     starts_M = np.arange(0, n, K)
   elif kind == 'word':
-    starts_M = _pieces(np.flatnonzero(_spaced_word_start_mask(tokens_N,
+    starts_M = _pieces(np.flatnonzero(spaced_word_starts(tokens_N,
                                                               eos_id)), n, K)
   else:
     word_starts_W = np.flatnonzero(_word_start_mask(tokens_N, eos_id))
@@ -120,7 +120,7 @@ def _word_start_mask(tokens_N, eos_id) -> np.ndarray:
       tokens_N, eos_id)
 
 
-def _spaced_word_start_mask(tokens_N, eos_id) -> np.ndarray:
+def spaced_word_starts(tokens_N, eos_id) -> np.ndarray:
   """True where a spaced word starts: whitespace after non-whitespace, or
   EOS edges."""
   space_N = np.isin(tokens_N, WHITESPACE)

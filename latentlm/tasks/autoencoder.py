@@ -133,16 +133,18 @@ class Task(base.Task):
   def ends_unit(self, tokens_N, last_K, followed_by_whitespace=False) -> bool:
     """Whether a text (token ids), whose last unit is `last_K`, ends where
     a unit ends, so that what follows starts a new unit: that unit is K
-    long; for entropy units, the byte LM finds the next byte hard to
-    predict; for spaced words, the caller knows the text goes on with
-    whitespace (`followed_by_whitespace`: BrierLM's positions are word
-    ends), which starts one. Otherwise the last unit may still grow
-    (BrierLM completes it, brier.py)."""
+    long; for spaced words and entropy units, the text ends in a word and
+    the caller knows whitespace comes next (`followed_by_whitespace`:
+    BrierLM's positions are word ends), which starts a unit; for entropy
+    units, the byte LM finds the next byte hard to predict. Otherwise the
+    last unit may still grow (BrierLM completes it, brier.py)."""
     if (np.asarray(last_K) != self.pad_id).all():
       return True
     kind = self.config.segment.kind
-    if kind == 'word':
-      return followed_by_whitespace
+    tokens_N = np.asarray(tokens_N)
+    if (kind in ('word', ENTROPY) and followed_by_whitespace and
+        len(tokens_N) and not np.isin(tokens_N[-1], segment.WHITESPACE)):
+      return True
     return kind == ENTROPY and self.unit_fn.starts_unit_after(tokens_N)
 
   @classmethod
