@@ -9,6 +9,7 @@ import pytest
 
 from configs import shakespeare as shakespeare_config
 from latentlm.data import corpus
+from latentlm.tasks import pipeline
 from latentlm.core.errors import UserError
 from latentlm.training import runs
 
@@ -92,3 +93,26 @@ def test_pipeline_workdir_before_its_last_stage_is_a_clear_error(tmp_path):
   (tmp_path / 'config.json').write_text(config.to_json())
   with pytest.raises(UserError, match='concept_lm stage has not started'):
     runs.load(str(tmp_path))
+
+
+@pytest.mark.parametrize('segment', ['fixed', 'word', 'entropy'])
+def test_main_job_segmentations(segment):
+  config = helpers.load_config('shakespeare', f'segment={segment}')
+  unit = shakespeare_config.SEGMENTS[segment]
+  ae = config.stages.autoencoder
+  assert (ae.segment.kind, ae.segment.chunk_len, ae.model.latent_dim,
+          ae.train.num_steps) == (segment, unit['K'], unit['Dz'],
+                                  unit['ae_steps'])
+  # Entropy units' byte LM trains first and counts in the FLOPs.
+  assert ('entropy' in config.stages) == (segment == 'entropy')
+  assert pipeline.stage_names(config)[0] == (
+      'entropy' if segment == 'entropy' else 'autoencoder')
+  # An argument given overrides the segmentation's own.
+  ae = helpers.load_config('shakespeare',
+                           f'segment={segment},K=6,Dz=16').stages.autoencoder
+  assert (ae.segment.chunk_len, ae.model.latent_dim) == (6, 16)
+
+
+def test_an_unknown_main_job_segmentation_is_a_clear_error():
+  with pytest.raises(UserError, match="segment='words' is not one of"):
+    helpers.load_config('shakespeare', 'segment=words')

@@ -75,10 +75,11 @@ Run the whole study (one run after another; a rerun resumes):
       --eval_text=/usr/share/common-licenses/GPL-3
   python launch/scaling_table.py --root=/tmp/paper/scaling \\
       --ngram=/tmp/paper/ngram --out=docs/results
+  python launch/units_table.py --root=/tmp/paper/scaling --out=docs/results
 
 Each run's own command (train, evaluate, its row) is in
 docs/results/scaling.json; the cost and results are in
-docs/results/scaling.md.
+docs/results/scaling.md, and the segmentation's in docs/results/units.md.
 
 Args: family (flow), budget (5e12 all-in FLOPs).
 """
