@@ -154,6 +154,20 @@ def test_only_a_byte_token_lm_is_an_entropy_model(tmp_path):
     tasks.get_task(autoencoder)
 
 
+def test_a_distilled_head_on_entropy_units_builds_on_the_byte_lm():
+  """Stage 3 (head_distill) reads the units through stage 1, which needs
+  the byte LM: it is one of the stages the task is handed."""
+  from configs import head_distill as head_distill_config  # pylint: disable=g-import-not-at-top
+  from latentlm.tasks import head_distill  # pylint: disable=g-import-not-at-top
+  stages = helpers.load_config('entropy_units', 'size=nano,K=8').stages
+  student = head_distill_config.student_config(stages.concept_lm)
+  built = head_distill.Task.stages_of(student, dict(
+      teacher=stages.concept_lm, autoencoder=stages.autoencoder,
+      entropy=stages.entropy))
+  assert sorted(built) == ['autoencoder', 'entropy', 'teacher']
+  assert built['entropy'].config is stages.entropy
+
+
 @pytest.mark.slow  # three stages, each its own process
 def test_a_pipeline_on_entropy_units_counts_its_byte_lm_and_reports_units(
     tmp_path):

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from latentlm import tasks
 from latentlm.core import workdir as workdir_lib
 from latentlm.core.errors import UserError
 from latentlm.models import heads
@@ -84,7 +85,8 @@ class Task(concept_lm.Task):
   @classmethod
   def stages_of(cls, config, given=None) -> dict[str, base.Stage]:
     """'teacher': the run config.teacher_workdir names; 'autoencoder': the
-    run config.autoencoder_workdir names, by default the teacher's."""
+    run config.autoencoder_workdir names, by default the teacher's; and the
+    stages stage 1 builds on in turn (entropy units' byte LM)."""
     given = given or {}
     if 'teacher' in given:
       teacher = base.Stage(given['teacher'])
@@ -92,11 +94,13 @@ class Task(concept_lm.Task):
       teacher = base.Stage(load_teacher_config(config.teacher_workdir),
                            config.teacher_workdir)
     if 'autoencoder' in given:
-      return dict(teacher=teacher,
-                  autoencoder=base.Stage(given['autoencoder']))
-    path = config.autoencoder_workdir or teacher.config.autoencoder_workdir
-    return dict(teacher=teacher, autoencoder=base.Stage(
-        concept_lm.load_autoencoder_config(path), path))
+      autoencoder = base.Stage(given['autoencoder'])
+    else:
+      path = config.autoencoder_workdir or teacher.config.autoencoder_workdir
+      autoencoder = base.Stage(concept_lm.load_autoencoder_config(path), path)
+    upstream = tasks.task_class(autoencoder.config).stages_of(
+        autoencoder.config, given)
+    return dict(upstream, teacher=teacher, autoencoder=autoencoder)
 
   def _check_same_architecture(self, teacher):
     """The student must be the teacher's network: it starts from its
