@@ -2,27 +2,28 @@
 
   python -m latentlm.train --config=configs/shakespeare.py --workdir=workdirs/shakespeare
 
-Stage 1 trains the concept autoencoder (configs/autoencoder.py) into
-DIR/autoencoder; stage 2 trains the concept LM (configs/concept_lm.py) on
-its frozen encoder into DIR/concept_lm. With the flow head a third stage
-distils its sampler into one network pass (configs/head_distill.py) into
-DIR/head_distill, and the samples come from it; DIR/concept_lm keeps the
-teacher for `latentlm.generate`. Then it prints every stage's eval metrics,
-three samples and the fraction of their words found in the training plays;
-the last line is one JSON object. Rerunning the command resumes the stage
-it was in. Any field of a stage is overridable, e.g.
---config.stages.concept_lm.train.num_steps=100.
+A concept is one word with the whitespace before it (segment=word, at
+most 8 bytes; longer words are cut). Stage 1 trains the concept
+autoencoder (configs/autoencoder.py) into DIR/autoencoder; stage 2 trains
+the concept LM (configs/concept_lm.py) on its frozen encoder into
+DIR/concept_lm. With distill=True a third stage distils the flow head's
+sampler into one network pass (configs/head_distill.py) into
+DIR/head_distill, and the samples come from it. Then it prints every
+stage's eval metrics, three samples and the fraction of their words found
+in the training plays; the last line is one JSON object. Rerunning the
+command resumes the stage it was in. Any field of a stage is overridable,
+e.g. --config.stages.concept_lm.train.num_steps=100.
 
 What it prints, how long it takes, and how each choice below was made:
 docs/results/main_job.md.
 
 Args: head (flow), input (tokens) and size (tiny) of the concept LM (see
-configs/concept_lm.py); segment (fixed: K bytes a concept; word: one word
-and the whitespace before it; entropy: units cut by a small byte LM, which
+configs/concept_lm.py); segment (word: one word and the whitespace before
+it; fixed: K bytes a concept; entropy: units cut by a small byte LM, which
 then trains first, into DIR/entropy, configs/entropy_units.py), K (the
 longest unit; 0: the segmentation's below), Dz (0: the segmentation's) and
 ae_steps (0: the segmentation's) of the autoencoder
-(configs/autoencoder.py); distill (True: the third stage).
+(configs/autoencoder.py); distill (False; True: the third stage).
 """
 
 from latentlm.core import config_lib
@@ -36,13 +37,14 @@ from configs import head_distill as head_distill_config
 # The head's sampling temperature (see c.samples.temperature below).
 TEMPERATURE = 0.2
 
-# segment -> its stage 1: K (the longest unit), Dz and steps.
-# fixed: two bytes per concept: a head sample that falls between the chunks
-# it could be decodes to a misspelling, and two bytes leave the head fewer
-# chunks to fall between than CALM's four; stage 1 is near perfect well
-# before its default 400 steps, and the time goes to stage 2, whose samples
-# it buys. word, entropy: a unit of up to 8 bytes needs a wider latent and
-# a longer schedule to come back exact (docs/results/main_job.md).
+# segment -> its stage 1: K (the longest unit), Dz and steps. word, the
+# job's: a concept is a word, the unit of meaning, and of fixed K=4, word
+# and entropy units its samples spelt best (docs/results/main_job.md). A
+# unit of up to 8 bytes needs a wider latent and a longer schedule than
+# fixed K=2 to come back exact. fixed K=2, the job before word units: a
+# head sample that falls between the chunks it could be decodes to a
+# misspelling, and two bytes leave the head fewer chunks to fall between,
+# but a concept is a third of a word.
 SEGMENTS = {
     'fixed': dict(K=2, Dz=32, ae_steps=250),
     'word': dict(K=8, Dz=128, ae_steps=600),
@@ -52,8 +54,8 @@ SEGMENTS = {
 
 def get_config(arg=None):
   args = config_lib.parse_args(arg, head='flow', input='tokens', size='tiny',
-                               segment='fixed', K=0, Dz=0, ae_steps=0,
-                               distill=True)
+                               segment='word', K=0, Dz=0, ae_steps=0,
+                               distill=False)
   unit = dict(SEGMENTS[config_lib.choose('segment', args.segment, SEGMENTS)])
   unit.update({k: v for k, v in (('K', args.K), ('Dz', args.Dz),
                                  ('ae_steps', args.ae_steps)) if v})
@@ -92,11 +94,12 @@ def get_config(arg=None):
   lm.train.checkpoint_every = 350
   c.stages.concept_lm = lm
   if args.head == 'flow' and args.distill:
-    # Stage 3: the flow head distilled into one Euler step without guidance,
-    # at the temperature the samples use, so that a generation step runs the
-    # head's network once instead of six times, for a little spelling
-    # (docs/results/generation_speed.md, main_job.md). distill=False samples
-    # from stage 2's head.
+    # Stage 3 (distill=True): the flow head distilled into one Euler step
+    # without guidance, at the temperature the samples use, so that a
+    # generation step runs the head's network once instead of six times.
+    # Off by default: on word units it costs more spelling than on K=2
+    # chunks, and the job's time (docs/results/generation_speed.md,
+    # main_job.md).
     c.stages.head_distill = head_distill_config.student_config(lm)
     c.stages.head_distill.distill.update(temperature_min=TEMPERATURE,
                                          temperature_max=TEMPERATURE)

@@ -1,4 +1,4 @@
-"""The README's main job (configs/shakespeare.py), all three stages, shrunk."""
+"""The README's main job (configs/shakespeare.py), both stages, shrunk."""
 
 import json
 import os
@@ -14,45 +14,42 @@ from latentlm.core.errors import UserError
 from latentlm.training import runs
 
 
-def test_main_job_trains_three_stages_then_samples_and_resumes(tmp_path):
+def test_main_job_trains_its_stages_then_samples_and_resumes(tmp_path):
   data_dir, workdir = str(tmp_path / 'tfds'), str(tmp_path / 'bard')
   args = ['--config=configs/shakespeare.py:size=nano', f'--workdir={workdir}',
           *helpers.pipeline_stage_flags('autoencoder', data_dir, 3),
           *helpers.pipeline_stage_flags('concept_lm', data_dir, 3),
-          *helpers.pipeline_stage_flags('head_distill', data_dir, 2),
           '--config.samples.max_bytes=24']
   first = helpers.run_module('train', *args, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
   summary = helpers.last_json_line(first.stdout)
   assert {'autoencoder/token_acc', 'concept_lm/loss',
-          'head_distill/chunk_agreement', 'word_vocabulary_fraction',
-          'minutes'} <= set(summary)
+          'word_vocabulary_fraction', 'minutes'} <= set(summary)
+  # A concept is a word: more than 4 bytes, at most 8.
+  assert 4 < (summary['concept_lm/num_bytes'] /
+              summary['concept_lm/num_concepts']) <= 8
   assert 0.0 <= summary['word_vocabulary_fraction'] <= 1.0
   assert first.stdout.count('--- sample ') == 3
   # Before the JSON line, every stage's final metrics with their units, and
   # the next commands on the job's directory (it stands for its last stage).
   printed = first.stdout[first.stdout.index('=== pipeline finished'):]
-  for text in ('% tokens', 'nats/concept', '% concepts',
-               f'{workdir}/head_distill/samples.txt',
+  for text in ('% tokens', 'nats/concept',
+               f'{workdir}/concept_lm/samples.txt',
                f'python -m latentlm.generate --workdir={workdir}'):
     assert text in printed, text
   with open(f'{workdir}/concept_lm/config.json') as f:
     assert json.load(f)['autoencoder_workdir'] == f'{workdir}/autoencoder'
-  with open(f'{workdir}/head_distill/config.json') as f:
-    assert json.load(f)['teacher_workdir'] == f'{workdir}/concept_lm'
 
   again = helpers.run_module('train', *args, timeout=600)  # all finished
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('already trained') == 3
+  assert again.stdout.count('already trained') == 2
   resumed = helpers.last_json_line(again.stdout)
   assert {k: v for k, v in resumed.items() if k != 'minutes'} == {
       k: v for k, v in summary.items() if k != 'minutes'}
 
-  # evaluate and generate read the job's directory as its last stage: the
-  # distilled concept LM, one flow step without guidance.
+  # evaluate and generate read the job's directory as its last stage.
   run = runs.load(workdir)
-  assert run.config.task == 'head_distill' and run.step == 2
-  assert (run.config.head.num_steps, run.config.head.guidance_scale) == (1, 1)
+  assert run.config.task == 'concept_lm' and run.step == 3
 
   # Spelling over seeds, each continuing a speech of the test plays.
   spelt = helpers.run_module('spelling', f'--workdir={workdir}', '--seeds=2',
@@ -72,10 +69,10 @@ def test_main_job_trains_three_stages_then_samples_and_resumes(tmp_path):
 
 
 def test_main_job_config_is_pinned():
-  """The resolved main job, field for field, as it was at 066c846 (before
-  the package re-layout and the Task interface): same config and seed, same
-  samples on a machine (docs/results/main_job.md). A change to it is a
-  deliberate change of the main job: update the golden file with it."""
+  """The resolved main job, field for field, as it was when it moved to
+  word units (docs/results/main_job.md): same config and seed, same samples
+  on a machine. A change to it is a deliberate change of the main job:
+  update the golden file with it."""
   with open(os.path.join(helpers.REPO, 'tests', 'golden',
                          'shakespeare_config.json')) as f:
     golden = json.load(f)
@@ -85,11 +82,11 @@ def test_main_job_config_is_pinned():
 def test_pipeline_workdir_before_its_last_stage_is_a_clear_error(tmp_path):
   os.makedirs(tmp_path / 'autoencoder')
   os.makedirs(tmp_path / 'concept_lm')
-  config = helpers.load_config('shakespeare')
+  config = helpers.load_config('shakespeare', 'distill=True')
   (tmp_path / 'config.json').write_text(config.to_json())
   with pytest.raises(UserError, match='head_distill stage has not started'):
     runs.load(str(tmp_path))
-  config = helpers.load_config('shakespeare', 'distill=False')
+  config = helpers.load_config('shakespeare')
   (tmp_path / 'config.json').write_text(config.to_json())
   with pytest.raises(UserError, match='concept_lm stage has not started'):
     runs.load(str(tmp_path))
