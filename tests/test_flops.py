@@ -119,7 +119,7 @@ def test_all_in_flops_add_the_stages_a_run_builds_on():
 
 
 def test_a_pipeline_sums_its_stages():
-  config = helpers.load_config('shakespeare')
+  config = helpers.load_config('shakespeare', 'distill=True')
   stages = config.stages
   assert 'head_distill' in stages
   total = sum(stage.train.num_steps * flops.train_flops_per_step(
@@ -300,7 +300,8 @@ def test_bench_generate_reports_consistent_numbers(tmp_path, monkeypatch):
   lines = [f'line {i:03d}: to be, or not to be, that is it.\n'
            for i in range(100)]
   (tmp_path / 'a.txt').write_text(''.join(lines))
-  config = helpers.load_config('shakespeare', 'size=nano,Dz=8')
+  config = helpers.load_config('shakespeare',
+                               'size=nano,Dz=8,segment=fixed,K=2')
   for stage in config.stages.values():
     stage.data.update(name='files', files=f'{tmp_path}/*.txt',
                       data_dir=str(tmp_path / 'tfds'))
