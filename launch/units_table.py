@@ -125,6 +125,7 @@ def plot(rows: list[dict], path: str):
   """BrierLM and Brier-1 of fixed, word and entropy units against all-in
   FLOPs, with interval bands."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -140,6 +141,9 @@ def plot(rows: list[dict], path: str):
       ax.plot(x, y, marker='os^'[i], color=f'C{i}', label=name)
       ax.fill_between(x, low, high, color=f'C{i}', alpha=0.2)
     ax.set_xscale('log')
+    ax.set_xticks(scaling.BUDGETS,
+                  [table.budget_text(b) for b in scaling.BUDGETS])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel='all-in training FLOPs', ylabel=label,
            title=f'{label}, Shakespeare test plays')
     ax.grid(alpha=0.3, which='both')
