@@ -72,8 +72,8 @@ def get_config(arg=None):
                                     checkpoint_every=unit['ae_steps'])
   lm = concept_lm_config.get_config(
       f'head={args.head},input={args.input},size={args.size}')
-  # The flow head and Dz=32 were chosen on this budget (2 CPU cores, a few
-  # minutes for stage 2) by the fraction of sampled words found in the plays
+  # The flow head was chosen on this budget (2 CPU cores, a few minutes
+  # for stage 2) by the fraction of sampled words found in the plays
   # (docs/results/main_job.md). The auxiliary next-chunk token loss shapes
   # the backbone early; sampling never reads it. Small batches: more steps
   # for the time.

@@ -14,9 +14,8 @@ Families, each at budget in {5e12, 1.5e13, 4.5e13} all-in FLOPs:
   the Byte Latent Transformer): spaced words that a small byte LM splits
   further where it finds the next byte hard to predict, at most K=8 bytes,
   4.5 bytes on average (BLT's patch length). The byte LM is the pipeline's
-  first stage
-  (configs/entropy_units.py), and its training and its passes over the
-  text count in the budget.
+  first stage (configs/entropy_units.py), and its training and its passes
+  over the text count in the budget.
 A concept family is a pipeline (the main job's shape): stage 1, the study's
 K=4 autoencoder, then the concept LM, in one workdir, so one train command
 makes it from nothing. Stage 1 is inside the budget: the concept LM gets
