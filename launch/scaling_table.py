@@ -198,26 +198,33 @@ def budget_outcome(rows_by_family: dict, metric: str) -> dict:
               winner=winner if complete else f'{winner} (incomplete)')
 
 
-def verdict(outcomes_by_budget: dict) -> str:
-  """The side that wins the top budget and one more; else 'not resolved'."""
+def verdict(outcomes_by_budget: dict, sides=('concepts', 'tokens')) -> str:
+  """The one of `sides` that wins the top budget and one more; else 'not
+  resolved'."""
   budgets = sorted(outcomes_by_budget)
   if budgets != sorted(scaling.BUDGETS) or any(
       'incomplete' in o['winner'] for o in outcomes_by_budget.values()):
     return 'incomplete'
   top = outcomes_by_budget[budgets[-1]]['winner']
-  if top in ('concepts', 'tokens') and any(
+  if top in sides and any(
       outcomes_by_budget[b]['winner'] == top for b in budgets[:-1]):
     return top
   return 'not resolved'
 
 
-def decide(rows: list[dict], eval_data: str = PLAYS) -> dict:
-  """The rule of configs/paper/scaling.py on the rows of `eval_data` (the
-  plays decide; the prose is reported beside them)."""
+def rows_by_budget(rows: list[dict], eval_data: str) -> dict:
+  """{budget: {family: row}} of the study's runs scored on `eval_data`."""
   by_budget = {}
   for row in rows:
     if row['eval_data'] == eval_data and row['budget_flops'] is not None:
       by_budget.setdefault(row['budget_flops'], {})[row['family']] = row
+  return by_budget
+
+
+def decide(rows: list[dict], eval_data: str = PLAYS) -> dict:
+  """The rule of configs/paper/scaling.py on the rows of `eval_data` (the
+  plays decide; the prose is reported beside them)."""
+  by_budget = rows_by_budget(rows, eval_data)
   result = {}
   for metric in DECIDING:
     outcomes = {b: budget_outcome(by_budget[b], metric) for b in by_budget}

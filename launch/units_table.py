@@ -36,12 +36,9 @@ def kind_outcomes(rows: list[dict], kind: str, metric: str,
                   eval_data: str = table.PLAYS) -> dict:
   """{budget: (kind - fixed) on `metric`, with 'winner'} for the budgets
   where both ran; an unranked run's budget is 'not ranked'."""
-  by_budget = {}
-  for row in rows:
-    if row['eval_data'] == eval_data and row['budget_flops'] is not None:
-      by_budget.setdefault(row['budget_flops'], {})[row['family']] = row
   outcomes = {}
-  for budget, families in sorted(by_budget.items()):
+  for budget, families in sorted(table.rows_by_budget(rows,
+                                                      eval_data).items()):
     if kind not in families or FIXED not in families:
       continue
     unit, fixed = families[kind], families[FIXED]
@@ -55,17 +52,6 @@ def kind_outcomes(rows: list[dict], kind: str, metric: str,
   return outcomes
 
 
-def kind_verdict(outcomes: dict) -> str:
-  """The side that wins the top budget and one more, else 'not resolved'."""
-  if sorted(outcomes) != sorted(scaling.BUDGETS):
-    return 'incomplete'
-  winners = [outcomes[b]['winner'] for b in sorted(outcomes)]
-  top = winners[-1]
-  if top in ('units', 'fixed') and top in winners[:-1]:
-    return top
-  return 'not resolved'
-
-
 def decide(rows: list[dict], eval_data: str = table.PLAYS) -> dict:
   """Each unit kind's outcomes and verdict; Brier-1 decides a kind whose
   BrierLM verdict is 'not resolved'."""
@@ -73,7 +59,8 @@ def decide(rows: list[dict], eval_data: str = table.PLAYS) -> dict:
   for kind in scaling.UNIT_FAMILIES:
     by_metric = {m: kind_outcomes(rows, kind, m, eval_data)
                  for m in table.DECIDING}
-    verdicts = {m: kind_verdict(o) for m, o in by_metric.items()}
+    verdicts = {m: table.verdict(o, sides=('units', 'fixed'))
+                for m, o in by_metric.items()}
     deciding = 'brier_1' if verdicts['brier_lm'] == 'not resolved' else (
         'brier_lm')
     result[kind] = dict(outcomes=by_metric, verdicts=verdicts,

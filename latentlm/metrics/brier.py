@@ -57,8 +57,11 @@ context bytes), not from a distortion of it:
              BPE's pieces do, so a context cut at a word end ends in a
              whole unit, the one the document's own segmentation has there:
              nothing needs completing, for the reason BPE's context needs
-             no re-tokenising. Entropy units end where the byte LM says,
-             from the context alone.
+             no re-tokenising. Entropy units start at every spaced word as
+             well (data/entropy.py), so the same holds for them. A model
+             whose units close at word ends is thereby told that the word
+             has ended, which a byte LM or fixed chunks must predict: a
+             known bias of these positions (docs/measurement.md).
   n-grams:   a count model samples bytes from its exact conditional.
 Bytes or words, never a model's own step: a BPE token or a K-byte concept is
 one model's unit and not the other's. Bytes are what every model emits in

@@ -41,6 +41,15 @@ def load_autoencoder_config(path: str):
       'a trained autoencoder workdir (configs/autoencoder.py)')
 
 
+def with_stage1_stages(autoencoder: base.Stage, given) -> dict:
+  """`autoencoder` (a Stage) and the stages stage 1 builds on in turn
+  (entropy units' byte LM), those in `given` (name -> config) as given:
+  what every task over a trained stage 1 builds on."""
+  upstream = tasks.task_class(autoencoder.config).stages_of(
+      autoencoder.config, given)
+  return dict(upstream, autoencoder=autoencoder)
+
+
 def _configs(stages) -> dict:
   """name -> config of `stages` (name -> Stage)."""
   return {name: stage.config for name, stage in stages.items()}
@@ -113,9 +122,7 @@ class Task(base.Task):
     else:
       path = config.autoencoder_workdir
       autoencoder = base.Stage(load_autoencoder_config(path), path)
-    upstream = tasks.task_class(autoencoder.config).stages_of(
-        autoencoder.config, given)
-    return dict(upstream, autoencoder=autoencoder)
+    return with_stage1_stages(autoencoder, given)
 
   @classmethod
   def stages_outside_checkpoint(cls, config, stages) -> tuple[str, ...]:

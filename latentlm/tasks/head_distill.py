@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from latentlm import tasks
 from latentlm.core import workdir as workdir_lib
 from latentlm.core.errors import UserError
 from latentlm.models import heads
@@ -98,9 +97,8 @@ class Task(concept_lm.Task):
     else:
       path = config.autoencoder_workdir or teacher.config.autoencoder_workdir
       autoencoder = base.Stage(concept_lm.load_autoencoder_config(path), path)
-    upstream = tasks.task_class(autoencoder.config).stages_of(
-        autoencoder.config, given)
-    return dict(upstream, teacher=teacher, autoencoder=autoencoder)
+    return dict(concept_lm.with_stage1_stages(autoencoder, given),
+                teacher=teacher)
 
   def _check_same_architecture(self, teacher):
     """The student must be the teacher's network: it starts from its
