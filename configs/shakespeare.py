@@ -44,7 +44,7 @@ TEMPERATURE = 0.2
 # fixed K=2 to come back exact. fixed K=2, the job before word units: a
 # head sample that falls between the chunks it could be decodes to a
 # misspelling, and two bytes leave the head fewer chunks to fall between,
-# but a concept is a third of a word.
+# but a concept is a fraction of a word.
 SEGMENTS = {
     'fixed': dict(K=2, Dz=32, ae_steps=250),
     'word': dict(K=8, Dz=128, ae_steps=600),

@@ -15,7 +15,7 @@ makes every word end a unit boundary, as for spaced words and BPE pieces:
 BrierLM's contexts, cut at word ends, end in a whole unit. Without it, the
 byte LM rarely cuts before the predictable space after a word, and the
 protocol would have to complete the whole last word by rejection, which
-at CPU scale fails for a third of the contexts.
+at CPU scale often finds no match (docs/results/units.md).
 
 Every boundary is decided by the bytes up to it (the entropy of x_t from
 the bytes before it; whether x_t is whitespace after a word), so whether a
