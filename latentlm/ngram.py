@@ -236,12 +236,18 @@ class ByteNgram:
     return self._probs(*self._window(contexts))
 
   # ------------------------------------------------------------ sampling
-  def stream(self, contexts, rng: np.random.Generator):
+  def stream(self, contexts, rng: np.random.Generator, first_allowed=None):
     """Sampled next bytes (uint8, one per context) at temperature 1, step
-    after step without end; each step draws for the whole batch at once."""
+    after step without end; each step draws for the whole batch at once.
+    `first_allowed` (256 booleans) restricts the first byte to those, drawn
+    from the model's probabilities renormalised over them."""
     window_BxC, lengths_B = self._window(contexts)
+    allowed_256 = np.ones(VOCAB, bool) if first_allowed is None else (
+        np.asarray(first_allowed, bool))
     while True:
-      cdf_Bx256 = np.cumsum(self._probs(window_BxC, lengths_B), axis=1)
+      probs_Bx256 = self._probs(window_BxC, lengths_B) * allowed_256
+      allowed_256 = np.ones(VOCAB, bool)
+      cdf_Bx256 = np.cumsum(probs_Bx256, axis=1)
       threshold_B = rng.random(len(lengths_B)) * cdf_Bx256[:, -1]
       new_B = (cdf_Bx256 <= threshold_B[:, None]).sum(1).astype(np.uint8)
       yield new_B
@@ -280,7 +286,8 @@ def numpy_rng(rng) -> np.random.Generator:
 def continuations(model: ByteNgram, max_new_bytes: int,
                   unit: str = 'bytes'):
   """brier.score's sampler: two independent continuations per context (rows
-  2p and 2p + 1), never ended (the model has no EOS). Like the project's LM
+  2p and 2p + 1), never ended (the model has no EOS), their first byte
+  whitespace (the protocol's condition). Like the project's LM
   samplers, it stops once every row holds the MAX_NGRAM units BrierLM
   compares (what follows them is never read), or after max_new_bytes."""
   from latentlm.metrics import brier  # pylint: disable=g-import-not-at-top
@@ -290,7 +297,8 @@ def continuations(model: ByteNgram, max_new_bytes: int,
   def sample(contexts, rng):
     doubled = [c for c in contexts for _ in range(2)]
     columns = []
-    for new_B in model.stream(doubled, numpy_rng(rng)):
+    for new_B in model.stream(doubled, numpy_rng(rng),
+                              brier.first_byte_allowed()):
       columns.append(new_B)
       if len(columns) >= max_new_bytes or complete(_rows(columns)):
         break

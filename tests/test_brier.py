@@ -11,6 +11,7 @@ import helpers
 from latentlm.metrics import brier
 from latentlm.metrics import intervals
 from latentlm.training import loop as train_loop
+from latentlm.training import runs
 
 # A source of i.i.d. words; the "model" samples i.i.d. words from Q != P.
 WORDS = [b'to', b'be', b'or', b'not', b'the']
@@ -166,6 +167,17 @@ def test_brier_end_to_end_on_a_token_lm(token_lm_workdir, tmp_path):
             last[f'brier_{n}_ci_high'])
   assert default['metric'] == 'default' and default['data'] == str(text)
   assert np.isfinite(default['bits_per_byte'])
+
+
+def test_a_token_lm_continues_a_word_end_with_whitespace(token_lm_workdir):
+  """The protocol's condition through the real sampler: the first token is
+  drawn among those that start with whitespace, then freely."""
+  run = runs.load(token_lm_workdir)
+  contexts = [b' or not to', b' that is the']
+  samples = brier.token_lm_continuations(run, contexts, jax.random.key(0), 12)
+  assert len(samples) == 4
+  for text, _ in samples:
+    assert text[:1].isspace(), text
 
 
 @pytest.mark.parametrize('content', [b'', b'  \n\t \n', b'PK\x03\x04\x00\x00'])

@@ -5,12 +5,14 @@ probabilities, through the token LM's and the concept LM's sampling code
 
 import functools
 import itertools
+import sys
 import types
 
 import jax
 import numpy as np
 import pytest
 
+from latentlm import ngram
 from latentlm import tasks
 from latentlm.data import segment
 from latentlm.data import tokenizers
@@ -23,7 +25,7 @@ import helpers
 
 TOKENIZER = tokenizers.ByteTokenizer()
 ALPHABET = b'ab '
-P_SOURCE = np.array([0.45, 0.25, 0.3])  # the text: i.i.d. bytes a, b, ' '
+P_SOURCE = np.array([0.6, 0.1, 0.3])  # the text: i.i.d. bytes a, b, ' '
 # The concept model: i.i.d. two-byte chunks, not a product of bytes, so
 # that what follows a partial chunk depends on it.
 CHUNKS = [b'a ', b'b ', b'ab', b'ba', b' a', b'  ']
@@ -68,12 +70,18 @@ class FakeTokenSampler:
   def __init__(self, task, params):
     del task, params
 
-  def stream(self, prompt_BxL, rng, max_new, temperature, top_p):
+  def stream(self, prompt_BxL, rng, max_new, temperature, top_p,
+             first_allowed=None):
     del temperature, top_p
     alphabet = np.frombuffer(ALPHABET, np.uint8)
+    q = Q_BYTES
+    if first_allowed is not None:  # renormalised over the allowed bytes
+      q = q * first_allowed[alphabet]
     for i in range(max_new):
       g = _numpy_rng(jax.random.fold_in(rng, i))
-      yield alphabet[g.choice(3, len(prompt_BxL), p=Q_BYTES)].astype(np.int32)
+      yield alphabet[g.choice(3, len(prompt_BxL), p=q / q.sum())].astype(
+          np.int32)
+      q = Q_BYTES
 
 
 def _concept_run():
@@ -177,6 +185,70 @@ def test_a_short_last_unit_the_segmentation_ended_draws_nothing():
   assert new_ids == [[[], []]] * 2 and not fell_back_BxR.any()
 
 
+# ------------------------------------------------ the next byte is whitespace
+def _texts(chosen_BxRxK):
+  return [c.astype(np.uint8).tobytes() for c in chosen_BxRxK.reshape(-1, 2)]
+
+
+def test_the_next_chunk_is_drawn_given_that_whitespace_comes_next():
+  sampler = FakeConceptSampler(_concept_run().task)
+  empty_K = np.full(2, TOKENIZER.pad_id)
+  partial_2xK = np.stack([empty_K, [ord('a'), TOKENIZER.pad_id]])
+  chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
+      sampler, np.zeros((2, 1, 2), np.int32), partial_2xK, 1000,
+      jax.random.key(2), 1.0, then_whitespace=True)
+  assert not fell_back_BxR.any()
+  after_whole = _texts(chosen_BxRxK[0])
+  # Q(' a') : Q('  ') = 0.25 : 0.15 among the chunks that start with ' '.
+  share = after_whole.count(b' a') / len(after_whole)
+  expected = 0.25 / 0.4
+  assert set(after_whole) == {b' a', b'  '}
+  assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) /
+                                              len(after_whole))
+  assert {bytes(ids) for ids in new_ids[0]} == {b' a', b'  '}
+  # After the partial 'a' only 'a ' goes on with whitespace ('ab' does not).
+  assert set(_texts(chosen_BxRxK[1])) == {b'a '}
+  assert {tuple(ids) for ids in new_ids[1]} == {(ord(' '),)}
+
+
+def test_a_model_that_never_writes_whitespace_next_falls_back_and_says_so(
+    monkeypatch):
+  monkeypatch.setattr(sys.modules[__name__], 'Q_CHUNKS',
+                      np.array([0, 0, 0.5, 0.5, 0, 0]))  # only 'ab', 'ba'
+  sampler = FakeConceptSampler(_concept_run().task)
+  chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
+      sampler, np.zeros((1, 1, 2), np.int32),
+      np.full((1, 2), TOKENIZER.pad_id), 2, jax.random.key(3), 1.0,
+      max_draws=64, then_whitespace=True)
+  assert fell_back_BxR.all()
+  # It goes on with a draw the condition rejected, not with an empty chunk.
+  assert set(_texts(chosen_BxRxK[0])) <= {b'ab', b'ba'}
+  assert all(len(ids) == 2 for ids in new_ids[0])
+
+
+def test_the_first_token_may_be_only_one_that_starts_with_whitespace():
+  allowed_V = brier.first_token_allowed(TOKENIZER)
+  assert len(allowed_V) == TOKENIZER.vocab_size
+  np.testing.assert_array_equal(np.flatnonzero(allowed_V),
+                                np.sort(segment.WHITESPACE))
+  assert not allowed_V[[TOKENIZER.eos_id, TOKENIZER.pad_id]].any()
+
+
+def test_the_ngram_sampler_starts_with_whitespace_in_its_own_proportions():
+  text = b'to be or\tnot to be\nthat is ' * 50
+  model = ngram.fit([text], 2)
+  probs_256 = model.next_byte_probs([b' to be'])[0]
+  allowed_256 = brier.first_byte_allowed()
+  expected = probs_256 * allowed_256 / (probs_256 * allowed_256).sum()
+  first_N = next(model.stream([b' to be'] * 4000, np.random.default_rng(0),
+                              allowed_256))
+  assert set(first_N.tolist()) <= set(segment.WHITESPACE.tolist())
+  for byte in b' \t\n':
+    share = np.mean(first_N == byte)
+    assert abs(share - expected[byte]) < 4 * np.sqrt(
+        expected[byte] * (1 - expected[byte]) / len(first_N)) + 1e-3
+
+
 def test_a_rule_segmentation_ends_a_unit_only_when_it_is_full():
   task = _concept_run().task.autoencoder  # fixed chunks of K=2
   to_b = np.frombuffer(b'to b', np.uint8)
@@ -233,8 +305,9 @@ def _concept_truth(block_bytes: int) -> np.ndarray:
   ends = [c[-1:] if len(c) % 2 else b'' for c, _ in chosen]
   truth_N = np.zeros(4)
   for end in set(ends):
+    # The next byte is whitespace: the protocol's condition.
     first = {c[len(end):]: q for c, q in zip(CHUNKS, Q_CHUNKS)
-             if c.startswith(end)}
+             if c.startswith(end) and c[len(end):len(end) + 1] == b' '}
     total = sum(first.values())
     probs = _continuation_probs({t: q / total for t, q in first.items()}, 4)
     share = ends.count(end) / len(ends)
@@ -243,8 +316,9 @@ def _concept_truth(block_bytes: int) -> np.ndarray:
 
 
 def _token_truth() -> np.ndarray:
-  p_space, agree, same = Q_BYTES[2], P_SOURCE @ Q_BYTES, Q_BYTES @ Q_BYTES
-  return np.array([2 * p_space * agree ** (n - 1) - same ** n
+  """The first byte is drawn given that it is whitespace: always ' '."""
+  agree, same = P_SOURCE @ Q_BYTES, Q_BYTES @ Q_BYTES
+  return np.array([2 * agree ** (n - 1) - same ** (n - 1)
                    for n in range(1, 5)])
 
 

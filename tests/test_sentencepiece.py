@@ -12,6 +12,7 @@ from latentlm.core import config_lib
 from latentlm.core.errors import UserError
 from latentlm.data import corpus
 from latentlm.data import tokenizers
+from latentlm.metrics import brier
 from latentlm.training import loop as train_loop
 
 import helpers
@@ -124,6 +125,14 @@ def test_brier_contexts_encode_as_the_documents_own_tokens(tokenizer,
   # protocol never makes one.
   inside = [int(e) - 1 for e in ends[ends >= 64][:200]]
   assert np.mean([i not in starts for i in inside]) > 0.3
+
+
+def test_brier_draws_a_first_piece_that_starts_with_whitespace(tokenizer):
+  allowed_V = brier.first_token_allowed(tokenizer)
+  pieces = [tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
+  assert [p[:1].isspace() for p in pieces] == allowed_V.tolist()
+  assert allowed_V.any() and not allowed_V.all()
+  assert not allowed_V[tokenizer.eos_id]
 
 
 def test_trained_once_and_cached_in_the_data_dir(tokenizer, data_dir):

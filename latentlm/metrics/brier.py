@@ -22,47 +22,61 @@ The protocol, the same for every model:
               i - block_bytes (so at most `block_bytes`, starting at
               whitespace), nothing else: no EOS or BOS in front.
   samples:    two independent continuations per position from the model's
-              own sampler at temperature 1 (no top-p), as bytes.
+              own sampler at temperature 1 (no top-p), as bytes, each
+              conditioned on its first byte being whitespace, as the
+              truth's always is (`NEXT_BYTE`).
   n-gram:     the first n units of a continuation, compared as exact byte
               strings. unit='bytes' (the default): n bytes. unit='words': n
               words, a word being optional whitespace then a run of
               non-whitespace that whitespace (or the end of the text)
               closes, so a different space or newline inside counts as a miss.
 
+Why the next byte is given. At a word end the next byte is whitespace by
+construction. A model whose unit closes there (spaced words, entropy
+units, in part BPE, whose next piece may still continue the word) reads
+that from where its context stops, while a byte LM or fixed chunks would
+have to predict it: a byte LM puts well under all of its probability on
+it (launch/word_end_prior.py). So every model is told it: each sampler
+draws its first byte (its first token, chunk or unit) from the model's
+distribution conditioned on that byte being whitespace. Every model is
+then scored on the same question, what follows a word and the whitespace
+after it, and none is handed information another must earn.
+
 Why it is unbiased for every model kind. The term above is unbiased for
 Brier-n of whatever distribution the two samples come from, so what matters
 is that each model is sampled from its own conditional p(continuation |
-context bytes), not from a distortion of it:
-  bytes:     any cut is a token boundary.
+context bytes, first byte whitespace), not from a distortion of it:
+  bytes:     any cut is a token boundary; the first token is drawn from the
+             next-byte distribution renormalised over whitespace bytes.
   BPE:       a SentencePiece piece starts at whitespace (no dummy prefix,
              whitespace kept as a prefix of the next piece), so both ends of
              the context, word ends, are piece boundaries: the context
              encodes to the very tokens the document's own encoding has
              there, as in training. A random byte cut instead ends a context
              inside a piece ("the kin"), a token sequence the model never saw
-             in training, and scores BPE unfairly low.
-  concepts:  a context whose text ends inside a unit (a fixed-K chunk cut
-             short, a word without the whitespace that closes it) ends in a
-             partial chunk. The model's next chunk is then drawn conditioned
-             on starting with that text, by rejection
-             (concept_sampling.complete_partials): exact, and a context
-             whose completion hits the draw cap is counted in
+             in training, and scores BPE unfairly low. The first token is
+             drawn renormalised over the pieces that start with whitespace:
+             a continuation starts with whitespace exactly when its first
+             piece does.
+  concepts:  the next chunk is drawn by rejection until its text goes on
+             with whitespace (concept_sampling.complete_partials): exact,
+             and a context whose draws hit the cap is counted in
              `partial_fallback_rate` instead of being scored as if nothing
-             happened. For fixed-K segmentation the context is first cut at
-             its front to whole chunks (at most K - 1 bytes fewer), so its
-             last chunk is whole and nothing needs completing: a fixed-K
+             happened. A context whose text ends inside a unit (a fixed-K
+             chunk cut short) ends in a partial chunk, and the drawn chunk
+             must also start with that text. For fixed-K segmentation the
+             context is first cut at its front to whole chunks (at most
+             K - 1 bytes fewer), so its last chunk is whole: a fixed-K
              model never saw an alignment that the text decides, so any
              alignment is in its training distribution. Spaced-word units
              (segment kind 'word') carry the whitespace before a word, as
              BPE's pieces do, so a context cut at a word end ends in a
-             whole unit, the one the document's own segmentation has there:
-             nothing needs completing, for the reason BPE's context needs
-             no re-tokenising. Entropy units start at every spaced word as
-             well (data/entropy.py), so the same holds for them. A model
-             whose units close at word ends is thereby told that the word
-             has ended, which a byte LM or fixed chunks must predict: a
-             known bias of these positions (docs/measurement.md).
-  n-grams:   a count model samples bytes from its exact conditional.
+             whole unit, the one the document's own segmentation has there,
+             for the reason BPE's context needs no re-tokenising. Entropy
+             units start at every spaced word as well (data/entropy.py), so
+             the same holds for them.
+  n-grams:   a count model samples bytes from its exact conditional, the
+             first renormalised over whitespace bytes.
 Bytes or words, never a model's own step: a BPE token or a K-byte concept is
 one model's unit and not the other's. Bytes are what every model emits in
 the end, so byte n-grams ask all of them for exactly the same thing. Words
@@ -93,6 +107,10 @@ DEFAULT_BLOCK_BYTES = 64
 DEFAULT_NUM_POSITIONS = 8192
 DEFAULT_MAX_NEW_BYTES = 64
 MAX_SAMPLER_ROWS = 512  # rows of one batched sampling stream
+# The condition every sample is drawn under (the module doc); it is part of
+# positions_key, so a score under another protocol never pairs with one
+# under this.
+NEXT_BYTE = 'whitespace'
 _WORD = re.compile(rb'\s*\S+')
 
 
@@ -177,7 +195,8 @@ def positions(documents, block_bytes: int, num_positions: int, seed: int,
 def positions_key(documents, where, max_new_bytes: int, unit: str) -> str:
   """A digest of the texts, the (document, context start, position)
   triples and the n-gram settings: equal keys, equal evaluation items."""
-  digest = hashlib.sha256(f'{max_new_bytes}:{unit}:{MAX_NGRAM}'.encode())
+  digest = hashlib.sha256(
+      f'{max_new_bytes}:{unit}:{MAX_NGRAM}:next={NEXT_BYTE}'.encode())
   for text in documents:
     digest.update(hashlib.sha256(text).digest())
   digest.update(np.asarray(where, np.int64).tobytes())
@@ -185,6 +204,21 @@ def positions_key(documents, where, max_new_bytes: int, unit: str) -> str:
 
 
 # -------------------------------------------------- samples from the models
+def first_byte_allowed() -> np.ndarray:
+  """256 booleans: the bytes a continuation may start with (NEXT_BYTE)."""
+  allowed_256 = np.zeros(256, bool)
+  allowed_256[segment.WHITESPACE] = True
+  return allowed_256
+
+
+def first_token_allowed(tokenizer) -> np.ndarray:
+  """Booleans over the tokenizer's ids: those whose text starts with a byte
+  first_byte_allowed allows (special ids have no text: never)."""
+  allowed_256 = first_byte_allowed()
+  starts = [tokenizer.decode_bytes([i])[:1] for i in range(tokenizer.vocab_size)]
+  return np.array([bool(b) and allowed_256[b[0]] for b in starts])
+
+
 def _batches(sequences, max_rows: int):
   """Index lists of equal-length sequences, at most max_rows // 2 each
   (every context is sampled twice), padded to a power of two by repeating
@@ -222,13 +256,14 @@ def token_lm_continuations(run, contexts, rng, max_new_bytes: int,
   tokenizer = run.task.tokenizer
   sampler = token_sampling.TokenSampler(run.task, run.state.params)
   encoded = [np.asarray(tokenizer.encode(c), np.int32) for c in contexts]
+  first_allowed = first_token_allowed(tokenizer)
   results = [None] * (2 * len(contexts))
   for batch, padded in _batches(encoded, MAX_SAMPLER_ROWS):
     _check_fits(len(encoded[batch[0]]), sampler.window, 'tokens')
     prompt_BxL = np.repeat(np.stack([encoded[i] for i in padded]), 2, 0)
     texts, ended = [b''] * len(prompt_BxL), np.zeros(len(prompt_BxL), bool)
     stream = sampler.stream(prompt_BxL, jax.random.fold_in(rng, batch[0]),
-                            max_new_bytes, temperature, 1.0)
+                            max_new_bytes, temperature, 1.0, first_allowed)
     for tokens_B in stream:
       for row in np.flatnonzero(~ended):
         ended[row] = tokens_B[row] == tokenizer.eos_id
@@ -256,31 +291,37 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
   """Two (bytes, ended) continuations per context, rows 2p and 2p + 1.
 
   `stats`, a dict, receives `partial_fallback_rate`: the share of samples
-  whose partial last chunk could not be completed within the draw cap.
+  whose next chunk (with a partial last chunk, its completion) met the
+  protocol's condition in none of the draws the cap allows.
   """
   task = run.task
   tokenizer = task.tokenizer
   sampler = concept_sampling.ConceptSampler(task, run.state.params,
                                             run.state.frozen)
   chunks = [concept_chunks(task, c, align_fixed) for c in contexts]
+  # Every context ends at a word end. One whose last unit the segmentation
+  # has closed there is whole, and the next chunk is drawn after it; one
+  # that ends inside a unit completes that unit.
+  whole = [task.autoencoder.ends_unit(segment.join(c_LxK, task.pad_id),
+                                      c_LxK[-1], followed_by_whitespace=True)
+           for c_LxK in chunks]
+  empty_K = np.full(task.chunk_len, task.pad_id, np.int32)
+  before = [c_LxK if w else c_LxK[:-1] for c_LxK, w in zip(chunks, whole)]
+  partial = [empty_K if w else c_LxK[-1] for c_LxK, w in zip(chunks, whole)]
   results = [None] * (2 * len(contexts))
   fell_back = []
-  for batch, padded in _batches(chunks, MAX_SAMPLER_ROWS):
+  for batch, padded in _batches(before, MAX_SAMPLER_ROWS):
     _check_fits(len(chunks[batch[0]]), sampler.window, 'chunks')
     batch_rng = jax.random.fold_in(rng, batch[0])
     partial_rng, stream_rng = jax.random.split(batch_rng)
-    chunks_BxLxK = np.stack([chunks[i] for i in padded])
-    # Every context ends at a word end: whitespace comes next.
-    whole_B = [task.autoencoder.ends_unit(segment.join(c_LxK, task.pad_id),
-                                          c_LxK[-1], followed_by_whitespace=True)
-               for c_LxK in chunks_BxLxK]
+    before_BxLxK = np.stack([before[i] for i in padded])
     chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
-        sampler, chunks_BxLxK[:, :-1], chunks_BxLxK[:, -1], 2, partial_rng,
-        temperature, whole_B=whole_B)
+        sampler, before_BxLxK, np.stack([partial[i] for i in padded]), 2,
+        partial_rng, temperature, then_whitespace=True)
     fell_back.append(fell_back_BxR[:len(batch)])
     context_NxLxK = np.concatenate(
-        [np.repeat(chunks_BxLxK[:, :-1], 2, axis=0),
-         chosen_BxRxK.reshape(-1, 1, chunks_BxLxK.shape[-1])], axis=1)
+        [np.repeat(before_BxLxK, 2, axis=0),
+         chosen_BxRxK.reshape(-1, 1, before_BxLxK.shape[-1])], axis=1)
     texts = [tokenizer.decode_bytes(ids) for row in new_ids for ids in row]
     ended = np.zeros(len(texts), bool)
     stream = sampler.stream(context_NxLxK, stream_rng, max_new_bytes,
@@ -323,6 +364,7 @@ def score(continuations, documents, rng, block_bytes=DEFAULT_BLOCK_BYTES,
   terms_PxN = brier_terms([truth for _, truth in chosen], first, second)
   return dict(intervals.summarize(terms_PxN, seed), block_bytes=block_bytes,
               max_new_bytes=max_new_bytes, ngram_unit=unit,
+              next_byte=NEXT_BYTE,
               positions_key=key, brier_terms=terms_PxN.tolist())
 
 

@@ -49,6 +49,7 @@ import numpy as np
 from latentlm import sampling
 from latentlm.core.errors import UserError
 from latentlm.data import corpus
+from latentlm.data import segment
 from latentlm.models import transformer
 
 # Draws per context before a partial last chunk falls back to being read as
@@ -58,6 +59,7 @@ MAX_COMPLETION_DRAWS = 4096
 COMPLETION_ROWS = 1024  # rows of one completion draw (contexts x draws)
 DEFAULT_CANDIDATES = 1  # draws per step for the likelihood-free temperature
 REPEAT_COSINE = 0.9
+WHITESPACE_BYTES = frozenset(segment.WHITESPACE.tolist())
 
 
 def choose_by_frequency(chunks_BxCxK, rng, temperature):
@@ -265,35 +267,48 @@ def power_of_two_at_least(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
 
+def _starts_with_whitespace(tokenizer, ids) -> bool:
+  first = tokenizer.decode_bytes(ids[:1])
+  return bool(first) and first[0] in WHITESPACE_BYTES
+
+
 def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
                       rng, temperature, max_draws: int = MAX_COMPLETION_DRAWS,
-                      whole_B=None):
+                      whole_B=None, then_whitespace: bool = False):
   """Completes each context's partial last chunk, num_rows times.
 
-  The text so far ends in `partial_BxK[b]` (a chunk with room left): the
-  model's next chunk must start with its text. Rejection sampling draws
-  next chunks after the whole chunks `context_BxLxK[b]` until num_rows of
-  them start with that text; the first matches of i.i.d. draws are i.i.d.
-  draws of p(chunk | it starts with the partial text), so the completion is
-  exact. A context whose matches are still missing after `max_draws` draws
-  falls back to reading the partial chunk as whole for the rows left (no
-  new text), and says so: the caller counts it.
+  The text so far ends in `partial_BxK[b]` (a chunk with room left; all
+  pads for none): the model's next chunk must start with its text, and with
+  `then_whitespace` also go on with a whitespace byte right after it.
+  Rejection sampling draws next chunks after the whole chunks
+  `context_BxLxK[b]` until num_rows of them qualify; the first matches of
+  i.i.d. draws are i.i.d. draws of p(chunk | it qualifies), so the
+  completion is exact. (A draw that ends exactly at the partial text does
+  not qualify with `then_whitespace`: exact for fixed chunks, which are
+  full, and for units that close at word ends, whose contexts end whole.)
+  A context whose matches are still missing after `max_draws` draws falls
+  back for the rows left, and says so (the caller counts it): to a draw
+  that starts with the partial text without the whitespace after it, or,
+  failing that, to reading the partial chunk as whole (no new text).
 
   Returns (chosen_BxRxK, new_ids [B][R] token ids after the partial text,
-  fell_back_BxR). A whole last chunk draws nothing: one of K tokens, or
-  one `whole_B` marks (a unit whose end the segmentation has decided,
-  autoencoder.Task.ends_unit).
+  fell_back_BxR). Without `then_whitespace`, a whole last chunk draws
+  nothing: one of K tokens, or one `whole_B` marks (a unit whose end the
+  segmentation has decided, autoencoder.Task.ends_unit).
   """
   task = sampler.task
-  pad_id, eos_id = task.pad_id, task.tokenizer.eos_id
+  tokenizer = task.tokenizer
+  pad_id, eos_id = task.pad_id, tokenizer.eos_id
   B = len(partial_BxK)
   partials = [chunk_tokens(p_K, pad_id, eos_id)[0] for p_K in partial_BxK]
   chosen = [[p_K] * num_rows for p_K in partial_BxK]
   new_ids = [[[] for _ in range(num_rows)] for _ in range(B)]
+  fallback = [None] * B  # (chunk, new ids) of a draw without the whitespace
   # A whole chunk does not grow: the chunk after it is unconstrained.
   if whole_B is None:
     whole_B = [len(ids) == len(p_K) for ids, p_K in zip(partials, partial_BxK)]
-  filled_B = np.where(np.asarray(whole_B, bool), num_rows, 0)
+  filled_B = np.where(np.asarray(whole_B, bool) & (not then_whitespace),
+                      num_rows, 0)
   drawn_B = np.zeros(B, np.int64)
   for round_index in itertools.count():
     open_O = np.flatnonzero((filled_B < num_rows) & (drawn_B < max_draws))
@@ -310,13 +325,22 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
       drawn_B[b] += draws
       for chunk_K in candidates_DxK:
         ids, ended = chunk_tokens(chunk_K, pad_id, eos_id)
-        if not ended and ids[:len(partials[b])] == partials[b]:
-          chosen[b][filled_B[b]] = chunk_K
-          new_ids[b][filled_B[b]] = ids[len(partials[b]):]
-          filled_B[b] += 1
-          if filled_B[b] == num_rows:
-            break
+        if ended or ids[:len(partials[b])] != partials[b]:
+          continue
+        rest = ids[len(partials[b]):]
+        if then_whitespace and not _starts_with_whitespace(tokenizer, rest):
+          if fallback[b] is None and rest:
+            fallback[b] = chunk_K, rest
+          continue
+        chosen[b][filled_B[b]] = chunk_K
+        new_ids[b][filled_B[b]] = rest
+        filled_B[b] += 1
+        if filled_B[b] == num_rows:
+          break
   fell_back_BxR = np.arange(num_rows)[None] >= filled_B[:, None]
+  for b, r in zip(*np.nonzero(fell_back_BxR)):
+    if fallback[b] is not None:
+      chosen[b][r], new_ids[b][r] = fallback[b]
   return np.asarray(chosen), new_ids, fell_back_BxR
 
 

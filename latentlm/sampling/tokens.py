@@ -79,15 +79,23 @@ class TokenSampler:
     return self._forward(self.weights, jnp.asarray(tokens_BxL), cache)
 
   def stream(self, prompt_BxL: np.ndarray, rng, max_new: int,
-             temperature: float, top_p: float):
+             temperature: float, top_p: float, first_allowed=None):
     """Yields the next token of every row, max_new times (EOS included).
 
-    Step i samples with fold_in(rng, i). Step i + 1 is dispatched before
+    `first_allowed`, booleans over the tokenizer's ids, restricts the first
+    token to those ids: sampling from the model's next-token distribution
+    renormalised over them, so the rest is drawn conditioned on that first
+    token's class (BrierLM's next-byte condition). Step i samples with
+    fold_in(rng, i). Step i + 1 is dispatched before
     step i's tokens are read, as in the concept LM's stream (its input, the
     logits, stays on the device).
     """
     context_BxL = prompt_BxL[:, -(self.window // 2):]
     logits_BxV, cache = self._prefill(context_BxL)
+    if first_allowed is not None:
+      allowed_V = np.zeros(logits_BxV.shape[-1], bool)
+      allowed_V[:len(first_allowed)] = first_allowed[:len(allowed_V)]
+      logits_BxV = jnp.where(allowed_V, logits_BxV, -jnp.inf)
     history = [context_BxL]
     cached = context_BxL.shape[1]  # counted here: no device sync a step
     unread = None  # the last step's tokens, still on the device
