@@ -2,16 +2,22 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-import helpers
+from latentlm.core import config_lib
+from latentlm.data import segment
 from latentlm.metrics import brier
 from latentlm.metrics import intervals
+from latentlm.sampling import tokens as token_sampling
 from latentlm.training import loop as train_loop
 from latentlm.training import runs
+
+import helpers
 
 # A source of i.i.d. words; the "model" samples i.i.d. words from Q != P.
 WORDS = [b'to', b'be', b'or', b'not', b'the']
@@ -178,6 +184,34 @@ def test_a_token_lm_continues_a_word_end_with_whitespace(token_lm_workdir):
   assert len(samples) == 4
   for text, _ in samples:
     assert text[:1].isspace(), text
+
+
+def test_the_word_end_prior_is_the_samplers_whitespace_probability(
+    token_lm_workdir):
+  """launch/word_end_prior.py against the KV-cached sampler's logits."""
+  prior = config_lib.load_module(
+      os.path.join(helpers.REPO, 'launch', 'word_end_prior.py'))
+  run = runs.load(token_lm_workdir)
+  contexts = [b' or not to', b' that is the', b' To be,']
+  p_P = prior.whitespace_probs(run, contexts)
+  sampler = token_sampling.TokenSampler(run.task, run.state.params)
+  for context, p in zip(contexts, p_P):
+    logits_1xV, _ = sampler._prefill(np.asarray([list(context)], np.int32))  # pylint: disable=protected-access
+    probs_V = np.asarray(jax.nn.softmax(logits_1xV[0].astype(np.float32)))
+    np.testing.assert_allclose(p, probs_V[segment.WHITESPACE].sum(),
+                               rtol=1e-4)
+  assert ((0 < p_P) & (p_P < 1)).all()
+
+
+def test_the_word_end_prior_of_a_missing_workdir_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(helpers.REPO, 'launch',
+                                    'word_end_prior.py'),
+       f'--workdir={tmp_path / "missing"}'], capture_output=True, text=True,
+      env=helpers.subprocess_env(), check=False, timeout=300)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
 
 
 @pytest.mark.parametrize('content', [b'', b'  \n\t \n', b'PK\x03\x04\x00\x00'])

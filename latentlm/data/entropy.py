@@ -107,17 +107,20 @@ def threshold_for_length(entropies, tokens, target: float, K: int,
   return candidates[int(np.argmin([abs(l - target) for l in lengths]))]
 
 
-# Windows scored per call: one compiled shape whatever a text's length.
+# Windows scored per call, at most: a long text is read in batches of this
+# many, a short one (a BrierLM context is one window) in the smallest power
+# of two that holds its windows, so few shapes compile and a short text does
+# not pay for WINDOW_BATCH windows.
 WINDOW_BATCH = 64
 
 
 def _fixed_batches(windows_BxW: np.ndarray):
-  """Batches of WINDOW_BATCH windows, the last padded with zero windows
-  (dropped from the output by the caller's slicing)."""
-  for begin in range(0, len(windows_BxW), WINDOW_BATCH):
-    batch_BxW = windows_BxW[begin:begin + WINDOW_BATCH]
-    missing = WINDOW_BATCH - len(batch_BxW)
-    yield np.pad(batch_BxW, ((0, missing), (0, 0)))
+  """Batches of the windows, each padded with zero windows (dropped from
+  the output by the caller's slicing) to a power of two <= WINDOW_BATCH."""
+  size = min(WINDOW_BATCH, 1 << (len(windows_BxW) - 1).bit_length())
+  for begin in range(0, len(windows_BxW), size):
+    batch_BxW = windows_BxW[begin:begin + size]
+    yield np.pad(batch_BxW, ((0, size - len(batch_BxW)), (0, 0)))
 
 
 class EntropyModel:
