@@ -123,9 +123,13 @@ def _entropy_of(task, params, context):
   return -(p * np.log2(np.maximum(p, 1e-30))).sum()
 
 
-@pytest.mark.parametrize('n', [1, 2, 9, 16, 17, 40, 57])
-def test_windowed_entropies_equal_each_byte_scored_from_its_window(byte_lm,
-                                                                   n):
+@pytest.mark.parametrize('n,window_batch', [(1, 64), (2, 64), (9, 64),
+                                            (16, 64), (17, 64), (40, 64),
+                                            (57, 64), (57, 4), (40, 2)])
+def test_windowed_entropies_equal_each_byte_scored_from_its_window(
+    byte_lm, n, window_batch, monkeypatch):
+  """Also when the windows take several batches (a small WINDOW_BATCH)."""
+  monkeypatch.setattr(entropy, 'WINDOW_BATCH', window_batch)
   task, params = byte_lm
   model = entropy.EntropyModel(task.model, params, 16)
   W, half = 16, 8
