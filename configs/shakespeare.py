@@ -35,19 +35,21 @@ from configs import entropy_units
 from configs import head_distill as head_distill_config
 
 # The head's sampling temperature (see c.samples.temperature below).
-TEMPERATURE = 0.2
+TEMPERATURE = 0.3
 
 # segment -> its stage 1: K (the longest unit), Dz and steps. word, the
 # job's: a concept is a word, the unit of meaning, and of fixed K=4, word
 # and entropy units its samples spelt best (docs/results/main_job.md). A
 # unit of up to 8 bytes needs a wider latent and a longer schedule than
-# fixed K=2 to come back exact. fixed K=2, the job before word units: a
-# head sample that falls between the chunks it could be decodes to a
-# misspelling, and two bytes leave the head fewer chunks to fall between,
-# but a concept is a fraction of a word.
+# fixed K=2 to come back exact; for word units Dz=64 trained longer beats
+# Dz=128 both ways: it decodes as exactly, and its smaller latent is one
+# the head samples into real words more often. fixed K=2, the job before
+# word units: a head sample that falls between the chunks it could be
+# decodes to a misspelling, and two bytes leave the head fewer chunks to
+# fall between, but a concept is a fraction of a word.
 SEGMENTS = {
     'fixed': dict(K=2, Dz=32, ae_steps=250),
-    'word': dict(K=8, Dz=128, ae_steps=600),
+    'word': dict(K=8, Dz=64, ae_steps=1000),
     'entropy': dict(K=8, Dz=128, ae_steps=600),
 }
 
@@ -105,6 +107,7 @@ def get_config(arg=None):
                                          temperature_max=TEMPERATURE)
 
   # Lower temperature sharpens a flow head's samples and is paid for in
-  # repeats; 0 falls into loops (docs/results/main_job.md).
+  # repeats; 0 falls into loops. The job's temperature spells best of
+  # those whose samples repeat no more than before (docs/results/main_job.md).
   c.samples = pipeline.samples_config(TEMPERATURE)
   return c

@@ -215,7 +215,8 @@ def first_token_allowed(tokenizer) -> np.ndarray:
   """Booleans over the tokenizer's ids: those whose text starts with a byte
   first_byte_allowed allows (special ids have no text: never)."""
   allowed_256 = first_byte_allowed()
-  starts = [tokenizer.decode_bytes([i])[:1] for i in range(tokenizer.vocab_size)]
+  starts = [tokenizer.decode_bytes([i])[:1]
+            for i in range(tokenizer.vocab_size)]
   return np.array([bool(b) and allowed_256[b[0]] for b in starts])
 
 
