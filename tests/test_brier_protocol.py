@@ -88,6 +88,7 @@ def _concept_run():
   K = 2
   task = types.SimpleNamespace(
       tokenizer=TOKENIZER, pad_id=TOKENIZER.pad_id, chunk_len=K,
+      head=types.SimpleNamespace(samples_vary=True),
       unit_fn=functools.partial(segment.segment, kind='fixed', K=K,
                                 pad_id=TOKENIZER.pad_id),
       autoencoder=tasks.get_task(helpers.load_config('autoencoder',
@@ -224,6 +225,29 @@ def test_a_model_that_never_writes_whitespace_next_falls_back_and_says_so(
   # It goes on with a draw the condition rejected, not with an empty chunk.
   assert set(_texts(chosen_BxRxK[0])) <= {b'ab', b'ba'}
   assert all(len(ids) == 2 for ids in new_ids[0])
+
+
+def test_a_head_whose_draws_do_not_vary_is_drawn_once(monkeypatch):
+  """An mse head writes one chunk whatever its rng: if it does not start
+  with whitespace, more draws cannot help, and the context falls back."""
+  monkeypatch.setattr(sys.modules[__name__], 'Q_CHUNKS',
+                      np.array([0, 0, 1.0, 0, 0, 0]))  # always 'ab'
+  calls = []
+
+  class CountingSampler(FakeConceptSampler):
+    def next_chunks(self, *args, **kwargs):
+      calls.append(1)
+      return super().next_chunks(*args, **kwargs)
+
+  monkeypatch.setattr(concept_sampling, 'ConceptSampler', CountingSampler)
+  run = _concept_run()
+  run.task.head.samples_vary = False
+  stats = {}
+  samples = brier.concept_lm_continuations(
+      run, [b' to be', b' or not'], jax.random.key(4), 8, stats=stats)
+  assert len(calls) == 1  # one round for the one batch, not 4096 draws
+  assert stats['partial_fallback_rate'] == 1.0
+  assert all(text.startswith(b'ab') for text, _ in samples)
 
 
 def test_the_first_token_may_be_only_one_that_starts_with_whitespace():

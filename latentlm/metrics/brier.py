@@ -307,6 +307,10 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
                                       c_LxK[-1], followed_by_whitespace=True)
            for c_LxK in chunks]
   empty_K = np.full(task.chunk_len, task.pad_id, np.int32)
+  # A head whose draws do not vary (mse) writes the one chunk it would on
+  # every draw: one draw says whether it meets the condition.
+  max_draws = (concept_sampling.MAX_COMPLETION_DRAWS
+               if task.head.samples_vary else 1)
   before = [c_LxK if w else c_LxK[:-1] for c_LxK, w in zip(chunks, whole)]
   partial = [empty_K if w else c_LxK[-1] for c_LxK, w in zip(chunks, whole)]
   results = [None] * (2 * len(contexts))
@@ -318,7 +322,7 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
     before_BxLxK = np.stack([before[i] for i in padded])
     chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
         sampler, before_BxLxK, np.stack([partial[i] for i in padded]), 2,
-        partial_rng, temperature, then_whitespace=True)
+        partial_rng, temperature, max_draws=max_draws, then_whitespace=True)
     fell_back.append(fell_back_BxR[:len(batch)])
     context_NxLxK = np.concatenate(
         [np.repeat(before_BxLxK, 2, axis=0),

@@ -209,6 +209,9 @@ class Head(nn.Module):
   trunk_input = 'latent'  # logical name of the trunk's input x dim
   trunk_null_condition = False  # classifier-free guidance's "no condition"
   loss_unit = 'per concept'  # what one value of `loss` is
+  # Whether `sample`'s draws vary with its rng: rejection sampling (BrierLM's
+  # conditions) draws a head that does not just once.
+  samples_vary = True
 
   @classmethod
   def check(cls, fields: dict):

@@ -12,6 +12,7 @@ class MSEHead(base.Head):
   prediction: there is no distribution, so rng and temperature are unused.
   """
   loss_unit = 'squared error/latent dim'
+  samples_vary = False
 
   @classmethod
   def loss_weights(cls, head, d_model, latent_dim, num_targets):
