@@ -69,9 +69,9 @@ def test_main_job_trains_its_stages_then_samples_and_resumes(tmp_path):
 
 
 def test_main_job_config_is_pinned():
-  """The resolved main job, field for field, as it was when it moved to
-  word units (docs/results/main_job.md): same config and seed, same samples
-  on a machine. A change to it is a deliberate change of the main job:
+  """The resolved main job, field for field, as its figures were measured
+  (docs/results/main_job.md): same config and seed, same samples on a
+  machine. A change to it is a deliberate change of the main job:
   update the golden file with it."""
   with open(os.path.join(helpers.REPO, 'tests', 'golden',
                          'shakespeare_config.json')) as f:
