@@ -242,11 +242,12 @@ class ByteNgram:
     `first_allowed` (256 booleans) restricts the first byte to those, drawn
     from the model's probabilities renormalised over them."""
     window_BxC, lengths_B = self._window(contexts)
-    allowed_256 = np.ones(VOCAB, bool) if first_allowed is None else (
-        np.asarray(first_allowed, bool))
+    allowed_256 = first_allowed  # the first step's only
     while True:
-      probs_Bx256 = self._probs(window_BxC, lengths_B) * allowed_256
-      allowed_256 = np.ones(VOCAB, bool)
+      probs_Bx256 = self._probs(window_BxC, lengths_B)
+      if allowed_256 is not None:
+        probs_Bx256 = probs_Bx256 * np.asarray(allowed_256, bool)
+        allowed_256 = None
       cdf_Bx256 = np.cumsum(probs_Bx256, axis=1)
       threshold_B = rng.random(len(lengths_B)) * cdf_Bx256[:, -1]
       new_B = (cdf_Bx256 <= threshold_B[:, None]).sum(1).astype(np.uint8)

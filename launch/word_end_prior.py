@@ -29,22 +29,21 @@ sys.path.insert(0, REPO)
 # pylint: disable=wrong-import-position
 from latentlm.core.errors import UserError
 from latentlm.data import corpus
-from latentlm.data import segment
 from latentlm.metrics import brier
 from latentlm.training import runs
 
 
 def whitespace_probs(run, contexts) -> np.ndarray:
-  """P(next byte is whitespace | context) under byte LM `run`, per context."""
-  whitespace_V = np.zeros(run.task.model_config.vocab_size, bool)
-  whitespace_V[segment.WHITESPACE] = True
+  """P(next byte is whitespace | context) under byte LM `run`, per context:
+  the mass of the tokens BrierLM's next-byte condition allows."""
+  allowed_T = brier.first_token_allowed(run.task.tokenizer)
 
   @jax.jit
   def whitespace_prob(tokens_1xL):
     logits_1xLxV, _ = run.task.model.apply({'params': run.state.params},
                                            tokens_1xL)
     probs_V = jax.nn.softmax(logits_1xLxV[0, -1].astype(jnp.float32))
-    return probs_V[whitespace_V].sum()
+    return probs_V[:len(allowed_T)][allowed_T].sum()
 
   encode = run.task.tokenizer.encode
   return np.array([float(whitespace_prob(jnp.asarray([encode(c)], jnp.int32)))

@@ -197,7 +197,7 @@ def test_the_next_chunk_is_drawn_given_that_whitespace_comes_next():
   partial_2xK = np.stack([empty_K, [ord('a'), TOKENIZER.pad_id]])
   chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
       sampler, np.zeros((2, 1, 2), np.int32), partial_2xK, 1000,
-      jax.random.key(2), 1.0, then_whitespace=True)
+      jax.random.key(2), 1.0, next_byte_allowed=brier.first_byte_allowed())
   assert not fell_back_BxR.any()
   after_whole = _texts(chosen_BxRxK[0])
   # Q(' a') : Q('  ') = 0.25 : 0.15 among the chunks that start with ' '.
@@ -220,7 +220,7 @@ def test_a_model_that_never_writes_whitespace_next_falls_back_and_says_so(
   chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
       sampler, np.zeros((1, 1, 2), np.int32),
       np.full((1, 2), TOKENIZER.pad_id), 2, jax.random.key(3), 1.0,
-      max_draws=64, then_whitespace=True)
+      max_draws=64, next_byte_allowed=brier.first_byte_allowed())
   assert fell_back_BxR.all()
   # It goes on with a draw the condition rejected, not with an empty chunk.
   assert set(_texts(chosen_BxRxK[0])) <= {b'ab', b'ba'}

@@ -322,7 +322,8 @@ def concept_lm_continuations(run, contexts, rng, max_new_bytes: int,
     before_BxLxK = np.stack([before[i] for i in padded])
     chosen_BxRxK, new_ids, fell_back_BxR = concept_sampling.complete_partials(
         sampler, before_BxLxK, np.stack([partial[i] for i in padded]), 2,
-        partial_rng, temperature, max_draws=max_draws, then_whitespace=True)
+        partial_rng, temperature, max_draws=max_draws,
+        next_byte_allowed=first_byte_allowed())
     fell_back.append(fell_back_BxR[:len(batch)])
     context_NxLxK = np.concatenate(
         [np.repeat(before_BxLxK, 2, axis=0),

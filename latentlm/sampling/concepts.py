@@ -49,7 +49,6 @@ import numpy as np
 from latentlm import sampling
 from latentlm.core.errors import UserError
 from latentlm.data import corpus
-from latentlm.data import segment
 from latentlm.models import transformer
 
 # Draws per context before a partial last chunk falls back to being read as
@@ -59,7 +58,6 @@ MAX_COMPLETION_DRAWS = 4096
 COMPLETION_ROWS = 1024  # rows of one completion draw (contexts x draws)
 DEFAULT_CANDIDATES = 1  # draws per step for the likelihood-free temperature
 REPEAT_COSINE = 0.9
-WHITESPACE_BYTES = frozenset(segment.WHITESPACE.tolist())
 
 
 def choose_by_frequency(chunks_BxCxK, rng, temperature):
@@ -267,32 +265,34 @@ def power_of_two_at_least(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
 
-def _starts_with_whitespace(tokenizer, ids) -> bool:
+def _starts_with_allowed_byte(tokenizer, ids, allowed_256) -> bool:
   first = tokenizer.decode_bytes(ids[:1])
-  return bool(first) and first[0] in WHITESPACE_BYTES
+  return bool(first) and bool(allowed_256[first[0]])
 
 
 def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
                       rng, temperature, max_draws: int = MAX_COMPLETION_DRAWS,
-                      whole_B=None, then_whitespace: bool = False):
+                      whole_B=None, next_byte_allowed=None):
   """Completes each context's partial last chunk, num_rows times.
 
   The text so far ends in `partial_BxK[b]` (a chunk with room left; all
   pads for none): the model's next chunk must start with its text, and with
-  `then_whitespace` also go on with a whitespace byte right after it.
+  `next_byte_allowed` (256 booleans) also go on with a byte it allows right
+  after it (BrierLM's next-byte condition, as the token and n-gram
+  samplers' `first_allowed`).
   Rejection sampling draws next chunks after the whole chunks
   `context_BxLxK[b]` until num_rows of them qualify; the first matches of
   i.i.d. draws are i.i.d. draws of p(chunk | it qualifies), so the
   completion is exact. (A draw that ends exactly at the partial text does
-  not qualify with `then_whitespace`: exact for fixed chunks, which are
+  not qualify with `next_byte_allowed`: exact for fixed chunks, which are
   full, and for units that close at word ends, whose contexts end whole.)
   A context whose matches are still missing after `max_draws` draws falls
   back for the rows left, and says so (the caller counts it): to a draw
-  that starts with the partial text without the whitespace after it, or,
+  that starts with the partial text without an allowed byte after it, or,
   failing that, to reading the partial chunk as whole (no new text).
 
   Returns (chosen_BxRxK, new_ids [B][R] token ids after the partial text,
-  fell_back_BxR). Without `then_whitespace`, a whole last chunk draws
+  fell_back_BxR). Without `next_byte_allowed`, a whole last chunk draws
   nothing: one of K tokens, or one `whole_B` marks (a unit whose end the
   segmentation has decided, autoencoder.Task.ends_unit).
   """
@@ -303,11 +303,11 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
   partials = [chunk_tokens(p_K, pad_id, eos_id)[0] for p_K in partial_BxK]
   chosen = [[p_K] * num_rows for p_K in partial_BxK]
   new_ids = [[[] for _ in range(num_rows)] for _ in range(B)]
-  fallback = [None] * B  # (chunk, new ids) of a draw without the whitespace
+  fallback = [None] * B  # (chunk, new ids) of a draw without an allowed byte
   # A whole chunk does not grow: the chunk after it is unconstrained.
   if whole_B is None:
     whole_B = [len(ids) == len(p_K) for ids, p_K in zip(partials, partial_BxK)]
-  filled_B = np.where(np.asarray(whole_B, bool) & (not then_whitespace),
+  filled_B = np.where(np.asarray(whole_B, bool) & (next_byte_allowed is None),
                       num_rows, 0)
   drawn_B = np.zeros(B, np.int64)
   for round_index in itertools.count():
@@ -328,7 +328,8 @@ def complete_partials(sampler, context_BxLxK, partial_BxK, num_rows: int,
         if ended or ids[:len(partials[b])] != partials[b]:
           continue
         rest = ids[len(partials[b]):]
-        if then_whitespace and not _starts_with_whitespace(tokenizer, rest):
+        if next_byte_allowed is not None and not _starts_with_allowed_byte(
+            tokenizer, rest, next_byte_allowed):
           if fallback[b] is None and rest:
             fallback[b] = chunk_K, rest
           continue
