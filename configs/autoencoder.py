@@ -44,8 +44,9 @@ def get_config(arg=None):
 
   # The training recipe (latentlm/tasks/autoencoder.py). A robust latent as in
   # CALM: KL weight with free bits per dim, dropout on z, optional Gaussian
-  # noise on z. Random tokens and truncated chunks, so that bytes rare in the
-  # corpus (digits, brackets) and short chunks are learnt too.
+  # noise on z. Random tokens, extended and truncated chunks, so that bytes
+  # rare in the corpus (digits, brackets), long and short chunks are learnt
+  # too.
   c.ae = config_lib.ConfigDict()
   c.ae.kl_weight = 1e-3
   c.ae.free_bits = 0.5  # nats per latent dim
@@ -53,6 +54,9 @@ def get_config(arg=None):
   c.ae.z_noise_std = 0.0
   c.ae.random_token_prob = 0.02
   c.ae.random_truncate_prob = 0.05
+  # Units of meaning rarely fill a long chunk; extensions teach its last
+  # slots.
+  c.ae.random_extend_prob = 0.0
 
   c.train.num_steps = 400
   c.train.batch_size = 16

@@ -8,6 +8,11 @@ never trained on, a different speech per seed). It scores them by the
 fraction of their words that occur in the training plays (the main job's
 `word_vocabulary_fraction`) and by distinct-2, the share of a sample's
 word pairs that are distinct, which falls when the text repeats itself.
+Two more keep the fraction honest about samples that lean on short words
+("the bar of the mar"): the mean letters a word (`word_letters`, beside
+the prompts' split's own, `reference_word_letters`), and the fraction of
+the words of at least LONG_WORD_LETTERS letters found in the plays
+(`long_words_found`).
 Seeds start at 1 because the main job draws its own samples with seed 0.
 The last line is one JSON object: every seed's figures, the mean and the
 range.
@@ -28,6 +33,9 @@ from latentlm.tasks import pipeline
 from latentlm.training import runs
 
 PROMPT_LINES = 2  # a speaker's name and the first line of the speech
+# Short function words (the, of, my) are spelt right by chance far more
+# often than longer ones; from five letters a word is mostly content.
+LONG_WORD_LETTERS = 5
 
 
 def define_flags():
@@ -60,6 +68,20 @@ def distinct_2(texts) -> float:
   return sum(len(set(p)) for p in pairs) / max(sum(map(len, pairs)), 1)
 
 
+def word_letters(texts) -> float:
+  """The mean letters a word of the texts (0 if they have no word)."""
+  lengths = [len(w.replace("'", '')) for t in texts for w in concepts.words(t)]
+  return sum(lengths) / max(len(lengths), 1)
+
+
+def long_words_found(texts, vocabulary: set[str]) -> float:
+  """The fraction of the texts' words of at least LONG_WORD_LETTERS letters
+  that occur in `vocabulary` (0 if there is none)."""
+  long = [w for t in texts for w in concepts.words(t)
+          if len(w.replace("'", '')) >= LONG_WORD_LETTERS]
+  return sum(w in vocabulary for w in long) / max(len(long), 1)
+
+
 def score(run, prompts_text: str, seeds, num_samples: int, max_bytes: int,
           temperature: float) -> dict:
   """Every seed's word fraction and distinct-2, and their mean and range."""
@@ -74,11 +96,17 @@ def score(run, prompts_text: str, seeds, num_samples: int, max_bytes: int,
     rows.append(dict(seed=seed, prompt=prompt,
                      word_vocabulary_fraction=concepts.vocabulary_fraction(
                          texts, vocabulary),
-                     distinct_2=distinct_2(texts), sample=texts[0]))
+                     distinct_2=distinct_2(texts),
+                     word_letters=word_letters(texts),
+                     long_words_found=long_words_found(texts, vocabulary),
+                     sample=texts[0]))
   fractions = [r['word_vocabulary_fraction'] for r in rows]
+  mean = lambda key: float(np.mean([r[key] for r in rows]))
   return dict(word_vocabulary_fraction=float(np.mean(fractions)),
               min=min(fractions), max=max(fractions),
-              distinct_2=float(np.mean([r['distinct_2'] for r in rows])),
+              distinct_2=mean('distinct_2'), word_letters=mean('word_letters'),
+              reference_word_letters=word_letters([prompts_text]),
+              long_words_found=mean('long_words_found'),
               temperature=temperature, samples_per_seed=num_samples,
               max_bytes=max_bytes, seeds=rows)
 
@@ -109,7 +137,9 @@ def main(argv):
                  temperature)
   for row in result['seeds']:
     print(f"seed {row['seed']}: {row['word_vocabulary_fraction']:.3f} "
-          f"(distinct-2 {row['distinct_2']:.3f})\n{row['prompt']}"
+          f"(distinct-2 {row['distinct_2']:.3f}, "
+          f"{row['word_letters']:.2f} letters a word, "
+          f"long words {row['long_words_found']:.3f})\n{row['prompt']}"
           f"{row['sample']}\n", flush=True)
   print(json.dumps(result), flush=True)
 

@@ -161,6 +161,37 @@ def test_truncation_keeps_a_nonempty_prefix():
   assert abs(np.mean(kept_NxK.sum(1) < lengths_N) - expected) < 0.05
 
 
+def test_an_extension_is_the_text_after_the_chunk_up_to_k():
+  # Word-like chunks of lengths 1..K, tokens first, pads after, and a row
+  # of padding at the end.
+  rng = np.random.default_rng(0)
+  lengths_N = np.append(rng.integers(1, K + 1, 300), 0)
+  tokens_NxK = np.full((301, K), PAD, np.int32)
+  for n, length in enumerate(lengths_N):
+    tokens_NxK[n, :length] = rng.integers(0, 256, length)
+  text = [t for t in tokens_NxK.reshape(-1) if t != PAD]
+  starts_N = np.cumsum(lengths_N) - lengths_N
+  out_NxK = np.asarray(jax.jit(autoencoder.extend_chunks, static_argnums=2)(
+      tokens_NxK, jax.random.key(0), 0.5, PAD))
+  extended_lengths = []
+  for n in range(301):
+    new_length = int((out_NxK[n] != PAD).sum())
+    if new_length == lengths_N[n]:  # not extended (or drawn its own length)
+      np.testing.assert_array_equal(out_NxK[n], tokens_NxK[n])
+      continue
+    assert lengths_N[n] < new_length <= K
+    after = text[starts_N[n]:starts_N[n] + new_length]
+    np.testing.assert_array_equal(out_NxK[n, :new_length], after)
+    np.testing.assert_array_equal(out_NxK[n, new_length:], PAD)
+    extended_lengths.append(new_length)
+  # Half the chunks are drawn; one of length L grows unless it draws L
+  # among L..K. Every length up to K occurs.
+  grows = np.mean((K - lengths_N[:-1]) / (K - lengths_N[:-1] + 1))
+  assert abs(len(extended_lengths) / 300 - 0.5 * grows) < 0.07
+  assert set(extended_lengths) == set(range(2, K + 1))
+  np.testing.assert_array_equal(out_NxK[-1], PAD)  # padding stays padding
+
+
 def test_overfits_a_handful_of_chunks(trained):
   """TEXT's first 32 chunks, as the trained run's Trainer evaluates them."""
   metrics = trained.trainer.evaluate(trained.state, iter([_batch()]), 1)

@@ -31,3 +31,18 @@ def test_distinct_2_counts_repeated_word_pairs_within_a_text():
   # "a b a b a": pairs (a b) (b a) (a b) (b a): 2 distinct of 4; "c d": 1/1.
   assert spelling.distinct_2(['a b a b a', 'c d']) == 3 / 5
   assert spelling.distinct_2(['one']) == 0
+
+
+def test_word_letters_is_the_mean_length_without_apostrophes():
+  # the(3) bar(3) o'er(3) mar(3) creatures(9): 21 letters, 5 words.
+  assert spelling.word_letters(["the bar o'er", 'mar, creatures!']) == 21 / 5
+  assert spelling.word_letters(['', '!!']) == 0
+
+
+def test_long_words_found_counts_only_words_of_five_letters_or_more():
+  vocabulary = {'the', 'creatures', 'leather'}
+  # Long words: creatures (found), lether (not), apron (not); short ones
+  # (the, zz) count neither way.
+  texts = ['the creatures zz', 'lether apron']
+  assert spelling.long_words_found(texts, vocabulary) == 1 / 3
+  assert spelling.long_words_found(['the zz'], vocabulary) == 0

@@ -20,7 +20,11 @@ bytes rare or absent (Shakespeare has almost no digits, no '<' or '/'): a
 fraction `random_token_prob` of the real tokens are replaced by uniformly
 drawn text tokens. With 'fixed' segmentation short chunks occur only at a
 document's end, yet a round trip of any text ends in one: a fraction
-`random_truncate_prob` of the chunks are cut to a random length.
+`random_truncate_prob` of the chunks are cut to a random length. With units
+of meaning the long end is rare: few words fill the slots past the eighth,
+so a decoder of K=16 seldom learns them. A fraction `random_extend_prob` of
+the chunks are extended by the text after them to a random length up to K
+(any text of up to K bytes may be a unit of text the codec never saw).
 """
 
 import functools
@@ -74,6 +78,29 @@ def truncate_chunks(tokens_NxK, rng, prob: float, pad_id):
   length_Nx1 = jax.random.randint(length_rng, (N, 1), 1, K + 1)
   keep_NxK = ~cut_Nx1 | (jnp.arange(K) < length_Nx1)
   return jnp.where(keep_NxK, tokens_NxK, pad_id)
+
+
+def extend_chunks(tokens_NxK, rng, prob: float, pad_id):
+  """Extends each chunk, with probability `prob`, by the text after it (the
+  next chunks' tokens, in order) to a length drawn uniformly from its own
+  to K. Chunks hold their tokens first and their pads after."""
+  N, K = tokens_NxK.shape
+  extend_rng, length_rng = jax.random.split(rng)
+  real_NxK = tokens_NxK != pad_id
+  length_N = real_NxK.sum(-1)
+  # The batch's text: every real token in chunk order, the pads after.
+  text_M = tokens_NxK.reshape(-1)[jnp.argsort(~real_NxK.reshape(-1),
+                                              stable=True)]
+  start_N = jnp.cumsum(length_N) - length_N
+  new_length_Nx1 = jax.random.randint(length_rng, (N, 1), length_N[:, None],
+                                      K + 1)
+  slot_1xK = jnp.arange(K)[None]
+  extended_NxK = jnp.where(
+      slot_1xK < new_length_Nx1,
+      text_M[jnp.minimum(start_N[:, None] + slot_1xK, N * K - 1)], pad_id)
+  extend_Nx1 = (jax.random.bernoulli(extend_rng, prob, (N, 1))
+                & (length_N[:, None] > 0))
+  return jnp.where(extend_Nx1, extended_NxK, tokens_NxK)
 
 
 def perturb_latent(z_NxZ, rng, noise_std: float, dropout: float):
@@ -196,13 +223,19 @@ class Task(base.Task):
     return self.model.apply({'params': params}, z_NxZ, method='decode')
 
   def alter_chunks(self, tokens_NxK, rng):
-    """Random tokens and truncations, so that the codec learns any text."""
+    """Random tokens, extensions and truncations, so that the codec learns
+    any text."""
     ae = self.config.ae
     substitute_rng, truncate_rng = jax.random.split(rng)
+    # A stream of its own: the other two stay those of runs before joins.
+    extend_rng = jax.random.fold_in(rng, 1)
     if ae.random_token_prob > 0:
       tokens_NxK = substitute_tokens(tokens_NxK, substitute_rng,
                                      ae.random_token_prob, self.text_ids,
                                      self.pad_id)
+    if ae.get('random_extend_prob', 0) > 0:
+      tokens_NxK = extend_chunks(tokens_NxK, extend_rng,
+                                 ae.random_extend_prob, self.pad_id)
     if ae.random_truncate_prob > 0:
       tokens_NxK = truncate_chunks(tokens_NxK, truncate_rng,
                                    ae.random_truncate_prob, self.pad_id)
