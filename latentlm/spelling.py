@@ -84,7 +84,8 @@ def long_words_found(texts, vocabulary: set[str]) -> float:
 
 def score(run, prompts_text: str, seeds, num_samples: int, max_bytes: int,
           temperature: float) -> dict:
-  """Every seed's word fraction and distinct-2, and their mean and range."""
+  """Every seed's word fraction, distinct-2, letters a word and long words
+  found; their means, and the word fraction's range."""
   vocabulary = concepts.training_vocabulary(run.config.data)
   rows = []
   for seed in seeds:

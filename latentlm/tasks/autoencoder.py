@@ -24,7 +24,7 @@ document's end, yet a round trip of any text ends in one: a fraction
 of meaning the long end is rare: few words fill the slots past the eighth,
 so a decoder of K=16 seldom learns them. A fraction `random_extend_prob` of
 the chunks are extended by the text after them to a random length up to K
-(any text of up to K bytes may be a unit of text the codec never saw).
+(in text the codec never saw, a unit may be any text of up to K bytes).
 """
 
 import functools
@@ -227,7 +227,7 @@ class Task(base.Task):
     any text."""
     ae = self.config.ae
     substitute_rng, truncate_rng = jax.random.split(rng)
-    # A stream of its own: the other two stay those of runs before joins.
+    # A stream of its own: the other two stay those of earlier runs.
     extend_rng = jax.random.fold_in(rng, 1)
     if ae.random_token_prob > 0:
       tokens_NxK = substitute_tokens(tokens_NxK, substitute_rng,
