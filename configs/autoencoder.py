@@ -13,7 +13,9 @@ both); e.g. configs/autoencoder.py:K=8,segment=word.
 
 The default trains 400 steps of 16 rows x 256 bytes (1.0M params); its
 reconstruction accuracy (on the test plays, on text it never saw, under
-noise on z) and its cost: docs/results/autoencoder.md. The recipe:
+noise on z) and its cost: docs/results/autoencoder.md, with the recipe
+for units of meaning of up to 16 bytes (K=16,segment=word,Dz=128 with
+chunk extensions and a longer schedule). The recipe's code:
 latentlm/tasks/autoencoder.py.
 """
 
