@@ -68,9 +68,13 @@ def distinct_2(texts) -> float:
   return sum(len(set(p)) for p in pairs) / max(sum(map(len, pairs)), 1)
 
 
+def _letters(word: str) -> int:
+  return len(word.replace("'", ''))
+
+
 def word_letters(texts) -> float:
   """The mean letters a word of the texts (0 if they have no word)."""
-  lengths = [len(w.replace("'", '')) for t in texts for w in concepts.words(t)]
+  lengths = [_letters(w) for t in texts for w in concepts.words(t)]
   return sum(lengths) / max(len(lengths), 1)
 
 
@@ -78,7 +82,7 @@ def long_words_found(texts, vocabulary: set[str]) -> float:
   """The fraction of the texts' words of at least LONG_WORD_LETTERS letters
   that occur in `vocabulary` (0 if there is none)."""
   long = [w for t in texts for w in concepts.words(t)
-          if len(w.replace("'", '')) >= LONG_WORD_LETTERS]
+          if _letters(w) >= LONG_WORD_LETTERS]
   return sum(w in vocabulary for w in long) / max(len(long), 1)
 
 

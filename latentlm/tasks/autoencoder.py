@@ -233,7 +233,7 @@ class Task(base.Task):
       tokens_NxK = substitute_tokens(tokens_NxK, substitute_rng,
                                      ae.random_token_prob, self.text_ids,
                                      self.pad_id)
-    if ae.get('random_extend_prob', 0) > 0:
+    if ae.random_extend_prob > 0:
       tokens_NxK = extend_chunks(tokens_NxK, extend_rng,
                                  ae.random_extend_prob, self.pad_id)
     if ae.random_truncate_prob > 0:
